@@ -1,0 +1,123 @@
+"""From signals to an assessment: flags and the confidence score.
+
+Flags are facts about one answer that policies can name:
+
+- ``model_abstained``: the model's own answer is an abstention ("unanswerable", "I don't
+  know", an empty line). That is an outcome, not an answer: token signals read it as high
+  confidence whether or not the documents hold the answer, so it is never scored as one.
+- ``knowledge_conflict``: the passages pull the model away from what it would say without
+  them. It fires on Confidence Gain (mean ``CG_t`` below ``cg_threshold``: the passages made
+  the model *less* certain) or on parametric disagreement (the model, without the passages,
+  is fairly sure of a different first token: parametric entropy below
+  ``parametric_entropy_threshold`` nats and agreement below ``agreement_threshold``). Both
+  conditions are needed: a model that copies a contradicting passage confidently shows a
+  positive gain but low agreement, and a model that simply did not know the fact shows low
+  agreement but a high parametric entropy, which is no conflict.
+- ``no_passages``: retrieval returned nothing.
+
+The confidence here is the fixed, documented heuristic used until a calibrator is fitted:
+the geometric-mean probability of the answer tokens, halved when the answer text does not
+occur in any passage, and 0 for an abstention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from guardrail.signals import normalize_answer
+
+FLAG_NAMES: frozenset[str] = frozenset({"model_abstained", "knowledge_conflict", "no_passages"})
+
+_ABSTENTIONS = frozenset(
+    {
+        "",
+        "unanswerable",
+        "unknown",
+        "i dont know",
+        "i do not know",
+        "no answer",
+        "none",
+        "not mentioned",
+        "not stated",
+        "cannot be determined",
+        "not enough information",
+        "na",
+    }
+)
+
+
+def is_abstention(answer: str) -> bool:
+    """Whether the model's answer says it has no answer."""
+    normalized = normalize_answer(answer)
+    return normalized in _ABSTENTIONS or normalized.startswith("unanswerable")
+
+
+@dataclass(frozen=True)
+class FlagRules:
+    """Fixed thresholds that raise flags (documented in the module docstring)."""
+
+    cg_threshold: float = -1.0
+    agreement_threshold: float = 0.5
+    parametric_entropy_threshold: float = 2.0
+
+    def flags(
+        self,
+        *,
+        abstained: bool,
+        signals: Mapping[str, float | None],
+        parametric_first_entropy: float | None,
+        has_passages: bool,
+    ) -> dict[str, str]:
+        """The raised flags, each with a sentence saying what raised it."""
+        raised: dict[str, str] = {}
+        if not has_passages:
+            raised["no_passages"] = "retrieval returned no passages"
+        if abstained:
+            raised["model_abstained"] = "the model answered that it cannot answer"
+            return raised
+        why: list[str] = []
+        cg = signals.get("cg_mean")
+        if cg is not None and cg < self.cg_threshold:
+            why.append(
+                f"Confidence Gain {cg:.2f} < {self.cg_threshold:g} (the passages made "
+                "the model less certain)"
+            )
+        agreement = signals.get("parametric_agreement")
+        if (
+            agreement is not None
+            and parametric_first_entropy is not None
+            and agreement < self.agreement_threshold
+            and parametric_first_entropy < self.parametric_entropy_threshold
+        ):
+            why.append(
+                f"parametric agreement {agreement:.2f} < {self.agreement_threshold:g} while the "
+                f"model without passages is fairly sure of another answer (entropy "
+                f"{parametric_first_entropy:.2f} < {self.parametric_entropy_threshold:g} nats)"
+            )
+        if why:
+            raised["knowledge_conflict"] = "; ".join(why)
+        return raised
+
+
+HEURISTIC_METHOD = (
+    "heuristic-v1: geometric-mean answer-token probability, halved when the answer is not "
+    "found in the passages, 0 for an abstention (uncalibrated)"
+)
+
+
+@dataclass(frozen=True)
+class HeuristicConfidence:
+    """The fixed confidence combination used until a calibrator exists."""
+
+    method: str = field(default=HEURISTIC_METHOD)
+
+    def confidence(self, signals: Mapping[str, float | None], *, abstained: bool) -> float:
+        """A score in [0, 1]; higher means more likely correct."""
+        mean_logprob = signals.get("mean_logprob")
+        if abstained or mean_logprob is None:
+            return 0.0
+        found = signals.get("answer_in_passages")
+        support = 1.0 if found else 0.5
+        return max(0.0, min(1.0, math.exp(mean_logprob) * support))

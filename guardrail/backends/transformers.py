@@ -1,0 +1,205 @@
+"""A backend over a local transformers causal LM with full next-token distributions.
+
+Generation is a hand-written greedy loop over the KV cache (rather than ``model.generate``) so
+that every step's full distribution is reduced to its statistics as it is produced, and so that
+decoding stops at the first newline, as the few-shot prompts expect.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from guardrail.errors import BackendError
+from guardrail.types import FinishReason, Generation, TokenStats
+
+
+def token_stats_from_logits(
+    logits: torch.Tensor, token_ids: Sequence[int], tokens: Sequence[str]
+) -> TokenStats:
+    """Reduce next-token logits (one row per continuation token) to ``TokenStats``.
+
+    Row ``i`` of ``logits`` is the distribution that predicted ``token_ids[i]``.
+    """
+    if logits.shape[0] != len(token_ids):
+        raise ValueError(f"{logits.shape[0]} logit rows for {len(token_ids)} tokens")
+    if not token_ids:
+        return TokenStats.empty()
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)
+    ids = torch.tensor(list(token_ids), dtype=torch.long)
+    chosen = logp.gather(1, ids[:, None])[:, 0]
+    top2 = p.topk(2, dim=-1)
+    vocab = logp.shape[-1]
+    # KL(U || p) = -log V - mean_j log p_j  (the self-certainty of Kang et al., 2025)
+    kl_u = -math.log(vocab) - logp.mean(-1)
+    return TokenStats(
+        token_ids=tuple(int(t) for t in token_ids),
+        tokens=tuple(tokens),
+        logprobs=tuple(float(x) for x in chosen),
+        entropies=tuple(float(x) for x in entropy),
+        top_ids=tuple(int(x) for x in top2.indices[:, 0]),
+        margins=tuple(float(x) for x in (top2.values[:, 0] - top2.values[:, 1])),
+        kl_uniform=tuple(float(x) for x in kl_u),
+        full_vocab=True,
+    )
+
+
+class TransformersBackend:
+    """A ``GeneratorBackend`` over a transformers model folder (loaded lazily, once)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        name: str,
+        chat: bool = False,
+        max_context_tokens: int = 2048,
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.name = name
+        self.chat = chat
+        self.max_context_tokens = max_context_tokens
+        self.threads = threads
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._newline_ids: frozenset[int] = frozenset()
+        self._stop_ids: frozenset[int] = frozenset()
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self) -> TransformersBackend:
+        """Load the model and tokenizer now (otherwise the first call does it)."""
+        with self._lock:
+            if self._model is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot load the model folder {self.model_dir}: {exc}; "
+                "run `guardrail prepare` to rebuild it"
+            ) from exc
+        model.eval()
+        self._tokenizer = tokenizer
+        self._model = model
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        newline = {i for i, piece in enumerate(vocab) if piece and ("\n" in piece or "Ċ" in piece)}
+        self._newline_ids = frozenset(newline)
+        stops = {tokenizer.eos_token_id}
+        for special in ("<|im_end|>", "<end_of_turn>", "<|endoftext|>"):
+            tid = tokenizer.convert_tokens_to_ids(special)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                stops.add(tid)
+        self._stop_ids = frozenset(t for t in stops if t is not None)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer."""
+        self.load()
+        return self._tokenizer
+
+    # -- the interface -------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """Apply the model's chat template and open the assistant turn."""
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": role, "content": content} for role, content in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return str(rendered)
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        # The chat template already contains the BOS token where the model wants one.
+        ids: list[int] = self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+        if len(ids) > self.max_context_tokens:
+            raise BackendError(
+                f"the prompt has {len(ids)} tokens; this backend accepts at most "
+                f"{self.max_context_tokens}: retrieve fewer or shorter passages"
+            )
+        return ids
+
+    @torch.inference_mode()
+    def generate(
+        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+    ) -> Generation:
+        """Greedy (temperature 0) or sampled decoding up to the first newline or EOS."""
+        self.load()
+        start = time.perf_counter()
+        prompt_ids = self._encode_prompt(prompt)
+        model = self._model
+        # Only the last position's logits are needed: the LM head over a 262k vocabulary is
+        # the costliest part of a forward pass, so it is never run on the whole prompt.
+        out = model(torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        logits = out.logits[0, -1]
+        rows: list[torch.Tensor] = []
+        ids: list[int] = []
+        finish: FinishReason = "length"
+        for _ in range(max_new_tokens):
+            if temperature > 0:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                tok = int(torch.multinomial(probs, 1))
+            else:
+                tok = int(torch.argmax(logits))
+            if tok in self._stop_ids:
+                finish = "eos"
+                break
+            if tok in self._newline_ids:
+                finish = "newline"
+                break
+            rows.append(logits)
+            ids.append(tok)
+            out = model(torch.tensor([[tok]]), cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
+            logits = out.logits[0, -1]
+        tokens = self._tokenizer.convert_ids_to_tokens(ids)
+        stats = (
+            token_stats_from_logits(torch.stack(rows), ids, tokens) if ids else TokenStats.empty()
+        )
+        text = self._tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Generation(
+            text=text,
+            stats=stats,
+            prompt_tokens=len(prompt_ids),
+            finish_reason=finish,
+            seconds=time.perf_counter() - start,
+        )
+
+    @torch.inference_mode()
+    def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:
+        """One teacher-forced pass: statistics of ``continuation`` after ``prompt``."""
+        self.load()
+        prompt_ids = self._encode_prompt(prompt)
+        if isinstance(continuation, str):
+            cont_ids: list[int] = self._tokenizer(continuation, add_special_tokens=False)[
+                "input_ids"
+            ]
+        else:
+            cont_ids = [int(t) for t in continuation]
+        if not cont_ids:
+            return TokenStats.empty()
+        full = torch.tensor([prompt_ids + cont_ids])
+        # Position p predicts token p + 1, so the rows that predicted the continuation are the
+        # n positions before the last; the LM head runs on those n + 1 positions only.
+        n = len(cont_ids)
+        logits = self._model(full, use_cache=False, logits_to_keep=n + 1).logits[0]
+        rows = logits[:n]
+        tokens = self._tokenizer.convert_ids_to_tokens(cont_ids)
+        return token_stats_from_logits(rows, cont_ids, tokens)

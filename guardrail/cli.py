@@ -1,0 +1,229 @@
+"""The ``guardrail`` command line: prepare, ingest, ask, demo.
+
+User errors print one line (``guardrail: error: ...``) and exit with status 2; no stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from guardrail.config import GuardrailConfig
+from guardrail.errors import GuardrailError
+from guardrail.models import MODELS, prepare_model
+from guardrail.types import Response
+from policies import PolicyError
+from retrievers import (
+    PassageIndex,
+    RetrieverError,
+    SentenceTransformerEmbedder,
+    demo_corpus_path,
+    load_documents,
+)
+from retrievers.types import Passage
+
+USER_ERRORS = (GuardrailError, RetrieverError, PolicyError)
+
+
+def _config(args: argparse.Namespace) -> GuardrailConfig:
+    overrides: dict[str, Any] = {}
+    for key in ("index_dir", "policy", "top_k", "cache_dir"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "no_escalation", False):
+        overrides["escalation_targets"] = {}
+    return GuardrailConfig(**overrides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    config = _config(args)
+    names = list(MODELS) if args.all else [config.generator]
+    for name in names:
+        folder = prepare_model(config.cache_dir, name)
+        print(f"{name}: {folder}")
+    return 0
+
+
+def build_index(paths: Sequence[Path], index_dir: Path, *, max_words: int) -> PassageIndex:
+    """Ingest documents, embed them and save the index (with progress bars)."""
+    passages = load_documents(paths, max_words=max_words)
+    print(f"Ingested {len(passages)} passages from {len(paths)} path(s).", file=sys.stderr)
+    index = PassageIndex.build(passages, SentenceTransformerEmbedder(), progress=True)
+    index.save(index_dir)
+    return index
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    config = _config(args)
+    paths = [Path(p) for p in args.paths]
+    if args.demo:
+        paths.insert(0, demo_corpus_path())
+    if not paths:
+        raise GuardrailError("nothing to ingest: give one or more files or folders, or --demo")
+    target = config.resolved_index_dir()
+    index = build_index(paths, target, max_words=args.max_words)
+    print(f"Index of {len(index)} passages saved to {target} (corpus {index.corpus_version}).")
+    return 0
+
+
+def format_response(response: Response, *, verbose: bool = True) -> str:
+    """A readable rendering of a response for the terminal."""
+    head = (
+        f"{response.action.upper()}  confidence {response.confidence:.2f}  "
+        f"rule {response.rule}  model {response.model}"
+        + ("  (escalated)" if response.escalated else "")
+    )
+    lines = [head, "", response.text, ""]
+    if verbose:
+        lines.append("Why: " + "; ".join(response.reasons))
+        for flag, detail in response.flag_details.items():
+            lines.append(f"Flag {flag}: {detail}")
+        shown = (
+            "cg_mean",
+            "parametric_agreement",
+            "mean_logprob",
+            "retrieval_top_score",
+            "answer_in_passages",
+        )
+        values = [
+            f"{name}={response.signals[name]:.2f}"
+            for name in shown
+            if response.signals.get(name) is not None
+        ]
+        lines.append("Signals: " + " ".join(values))
+        lines.append(
+            f"Policy: {response.policy_name} ({response.policy_hash}); "
+            f"confidence: {response.confidence_method}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from guardrail.pipeline import (
+        Guardrail,
+        escalation_factories,
+        load_policy_setting,
+        local_backend,
+    )
+
+    config = _config(args)
+    given = [
+        Passage(id=f"given-{i}", text=t, source="command line")
+        for i, t in enumerate(args.passage or [], start=1)
+    ]
+    if given:
+        guard = Guardrail(
+            backend=local_backend(config, config.generator),
+            policy=load_policy_setting(config.policy),
+            escalation=escalation_factories(config),
+            config=config,
+        )
+        guard.check_question(args.question)
+        response = guard.ask(args.question, passages=given)
+    else:
+        guard = Guardrail.from_config(config)
+        guard.check_question(args.question)
+        response = guard.ask(args.question)
+    if args.json:
+        print(json.dumps(response.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(format_response(response))
+    return 0
+
+
+DEMO_QUESTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("A question the documents answer", "When did the 1973 oil crisis begin?", ()),
+    ("A question the documents do not answer", "Who won the 2022 FIFA World Cup?", ()),
+    (
+        "A document that contradicts a well-known fact",
+        "What is the capital of France?",
+        ("The capital of France is Lyon.",),
+    ),
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from guardrail.pipeline import Guardrail
+
+    config = _config(args)
+    target = config.resolved_index_dir()
+    if not (target / "manifest.json").exists():
+        print(f"Building the demo index at {target} (once)...", file=sys.stderr)
+        build_index([demo_corpus_path()], target, max_words=180)
+    guard = Guardrail.from_config(config)
+    for title, question, passages in DEMO_QUESTIONS:
+        given = [
+            Passage(id=f"given-{i}", text=t, source="demo") for i, t in enumerate(passages, start=1)
+        ] or None
+        print(
+            f"=== {title}\nQ: {question}"
+            + (f"\n(documents: {' '.join(passages)})" if passages else "")
+        )
+        response = guard.ask(question, passages=given)
+        print(format_response(response) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``guardrail`` command."""
+    parser = argparse.ArgumentParser(
+        prog="guardrail", description="Selective-answering RAG: answer, hedge, defer or escalate."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cache-dir", type=Path, help="models and default index (GUARDRAIL_CACHE_DIR)"
+    )
+    common.add_argument("--index", dest="index_dir", type=Path, help="index directory")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", parents=[common], help="convert the local models once")
+    p.add_argument("--all", action="store_true", help="also the escalation model")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("ingest", parents=[common], help="build an index from documents")
+    p.add_argument("paths", nargs="*", help="JSONL, .txt or .md files, or folders")
+    p.add_argument("--demo", action="store_true", help="include the bundled demo corpus")
+    p.add_argument("--max-words", type=int, default=180, help="chunk size in words")
+    p.set_defaults(func=cmd_ingest)
+
+    for name, func, text in (
+        ("ask", cmd_ask, "ask one question"),
+        ("demo", cmd_demo, "a guided tour on the demo corpus"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        if name == "ask":
+            p.add_argument("question")
+            p.add_argument("--json", action="store_true", help="print the full record as JSON")
+            p.add_argument(
+                "--passage",
+                action="append",
+                help="use this text as a passage instead of retrieval (repeatable)",
+            )
+        p.add_argument("--policy", help="bundled policy name or policy YAML path")
+        p.add_argument("--top-k", type=int)
+        p.add_argument("--no-escalation", action="store_true", help="configure no larger model")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``guardrail`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        print(f"guardrail: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("guardrail: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Configuration of a ``Guardrail``: one settings object, passed in, never read at import.
+
+Every field can come from the environment with the ``GUARDRAIL_`` prefix (for example
+``GUARDRAIL_CACHE_DIR=/data/cache``, ``GUARDRAIL_TOP_K=4``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """The user's cache directory for guardrail (models, indexes)."""
+    return Path(platformdirs.user_cache_dir("guardrail"))
+
+
+class GuardrailConfig(BaseSettings):
+    """Settings of the pipeline and its models."""
+
+    model_config = SettingsConfigDict(env_prefix="GUARDRAIL_", extra="forbid")
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Converted models and the default index live here."""
+    index_dir: Path | None = None
+    """The passage index to search; default ``<cache_dir>/index/default``."""
+    policy: str = "default"
+    """A bundled policy name (default, strict) or a path to a policy YAML file."""
+    generator: str = "gemma-3-270m"
+    """The local model that answers."""
+    escalation_targets: dict[str, str] = Field(
+        default_factory=lambda: {"larger": "qwen2.5-0.5b-instruct"}
+    )
+    """Escalation target names (as policies name them) mapped to local model names."""
+    top_k: int = Field(default=3, ge=1, le=20)
+    max_question_chars: int = Field(default=1000, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1, le=512)
+    max_passage_words: int = Field(default=160, ge=10)
+    threads: int | None = Field(default=None, ge=1)
+
+    def resolved_index_dir(self) -> Path:
+        """The index directory, with the default filled in."""
+        return self.index_dir or self.cache_dir / "index" / "default"

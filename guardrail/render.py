@@ -1,0 +1,75 @@
+"""Turning a decision into the text the user reads, with citations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from guardrail.signals import normalize_answer
+from guardrail.types import Citation
+from policies import Action, Decision, Policy
+from retrievers import Passage
+
+
+def cited_passages(answer: str, passages: Sequence[Passage]) -> list[Passage]:
+    """The passages that contain the answer, or the best passage when none does."""
+    needle = normalize_answer(answer)
+    holding = [p for p in passages if needle and needle in normalize_answer(p.text)]
+    return holding or list(passages[:1])
+
+
+def citations(passages: Sequence[Passage]) -> tuple[Citation, ...]:
+    """Citation records for passages."""
+    return tuple(Citation(p.id, p.source, p.title, p.score) for p in passages)
+
+
+def _source_line(passages: Sequence[Passage]) -> str:
+    labels = [f"[{i}] {p.title or p.source} ({p.id})" for i, p in enumerate(passages, start=1)]
+    return "Sources: " + "; ".join(labels) if labels else ""
+
+
+def caveat(
+    decision: Decision, flag_details: Mapping[str, str], parametric_answer: str | None, answer: str
+) -> str:
+    """One sentence naming what made the answer uncertain."""
+    if "knowledge_conflict" in flag_details:
+        if parametric_answer and normalize_answer(parametric_answer) != normalize_answer(answer):
+            return (
+                f"the documents say '{answer}', but without them the model would have answered "
+                f"'{parametric_answer}'; check the source"
+            )
+        return "the documents conflict with what the model otherwise believes; check the source"
+    return "; ".join(decision.reasons) or "the confidence is moderate"
+
+
+def render(
+    *,
+    action: Action,
+    question: str,
+    answer: str,
+    passages: Sequence[Passage],
+    decision: Decision,
+    policy: Policy,
+    flag_details: Mapping[str, str],
+    parametric_answer: str | None,
+) -> tuple[str, tuple[Citation, ...]]:
+    """The user-facing text for ``action`` and the passages it cites."""
+    if action in (Action.ANSWER, Action.HEDGE):
+        cited = cited_passages(answer, passages)
+        sources = _source_line(cited)
+        if action is Action.ANSWER:
+            text = f"{answer}\n\n{sources}" if sources else answer
+        else:
+            text = policy.actions.hedge.template.format(
+                answer=answer,
+                caveat=caveat(decision, flag_details, parametric_answer, answer),
+                sources=sources,
+                question=question,
+                parametric_answer=parametric_answer or "",
+            )
+        return text, citations(cited)
+    message = policy.actions.defer.message
+    related = [p for p in passages if p.score is not None]
+    if related:
+        titles = sorted({p.title or p.source for p in related[:3]})
+        message += " The closest documents found were: " + ", ".join(titles) + "."
+    return message, citations(related[:3])

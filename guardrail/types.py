@@ -1,0 +1,111 @@
+"""The typed vocabulary passed between guardrail's layers.
+
+Token statistics come from a backend; signals are computed from them; a response carries the
+whole record. Everything is a frozen dataclass: nothing string-keyed crosses a layer boundary
+except the signal mapping, whose keys are the registered signal names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["newline", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per-token statistics of a continuation under one prompt.
+
+    ``logprobs[i]`` is the log-probability of token ``i`` given everything before it;
+    ``entropies[i]`` the Shannon entropy (nats) of the full next-token distribution at that
+    position; ``top_ids[i]`` the most likely token there; ``margins[i]`` the probability gap
+    between the two most likely tokens; ``kl_uniform[i]`` the KL divergence of the uniform
+    distribution from the next-token distribution (self-certainty, Kang et al. 2025).
+    ``full_vocab`` says whether the distribution statistics cover the whole vocabulary (local
+    models) or a renormalised top-k (servers that return ``top_logprobs``).
+    """
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    logprobs: tuple[float, ...]
+    entropies: tuple[float, ...]
+    top_ids: tuple[int, ...]
+    margins: tuple[float, ...]
+    kl_uniform: tuple[float, ...]
+    full_vocab: bool = True
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        lengths = {
+            len(self.tokens),
+            len(self.logprobs),
+            len(self.entropies),
+            len(self.top_ids),
+            len(self.margins),
+            len(self.kl_uniform),
+        }
+        if lengths != {n}:
+            raise ValueError(f"TokenStats fields must all have length {n}, got {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @classmethod
+    def empty(cls) -> TokenStats:
+        """Statistics of an empty continuation."""
+        return cls((), (), (), (), (), (), ())
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A greedy (or sampled) continuation with its token statistics."""
+
+    text: str
+    stats: TokenStats
+    prompt_tokens: int
+    finish_reason: FinishReason
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage the response cites, by id and source."""
+
+    id: str
+    source: str
+    title: str
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Response:
+    """What ``Guardrail.ask`` returns: the rendered text and the full decision record."""
+
+    question: str
+    text: str
+    action: str
+    answer: str
+    confidence: float
+    confidence_method: str
+    signals: Mapping[str, float | None]
+    flags: tuple[str, ...]
+    flag_details: Mapping[str, str]
+    citations: tuple[Citation, ...]
+    rule: str
+    reasons: tuple[str, ...]
+    policy_name: str
+    policy_hash: str
+    model: str
+    escalated: bool = False
+    parametric_answer: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of the whole record."""
+        data = asdict(self)
+        data["signals"] = dict(self.signals)
+        data["timings"] = dict(self.timings)
+        data["flag_details"] = dict(self.flag_details)
+        return data

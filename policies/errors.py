@@ -1,0 +1,69 @@
+"""Errors raised while finding, reading and validating policies.
+
+Hierarchy::
+
+    PolicyError                    root: catch this to handle any policy problem
+    ├── PolicyLoadError            the text could not be read or parsed (I/O, encoding, YAML syntax)
+    │   └── PolicyNotFoundError    no bundled policy has the requested name
+    └── PolicyValidationError      the YAML parsed but is not a valid policy (schema, names)
+
+Every error carries a list of :class:`PolicyIssue` (line, column, message); ``str()`` gives one
+issue per line, prefixed with the source and position, for example::
+
+    policy.yaml line 12, column 13: unknown action 'refuse'; valid actions: answer, hedge, ...
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+def did_you_mean(word: str, valid: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest valid word, or ``""`` when none is close."""
+    matches = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+class PolicyIssue(NamedTuple):
+    """One problem in a policy: 1-based line and column (``None`` when unknown) and a message."""
+
+    line: int | None
+    column: int | None
+    message: str
+
+    def format(self, source: str | None) -> str:
+        """Render as ``"<source> line L, column C: message"``, leaving out what is unknown."""
+        where = source or ""
+        if self.line is not None:
+            where = f"{where} line {self.line}".lstrip()
+            if self.column is not None:
+                where += f", column {self.column}"
+        return f"{where}: {self.message}" if where else self.message
+
+
+class PolicyError(Exception):
+    """Root of all policy errors; ``errors`` lists every problem found, not only the first."""
+
+    def __init__(self, errors: str | Iterable[PolicyIssue], *, source: str | None = None) -> None:
+        if isinstance(errors, str):
+            errors = [PolicyIssue(None, None, errors)]
+        self.errors: list[PolicyIssue] = list(errors)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(issue.format(self.source) for issue in self.errors)
+
+
+class PolicyLoadError(PolicyError):
+    """The policy text could not be read or is not well-formed YAML."""
+
+
+class PolicyNotFoundError(PolicyLoadError):
+    """No bundled policy has the requested name."""
+
+
+class PolicyValidationError(PolicyError):
+    """The YAML is well-formed but does not describe a valid policy."""

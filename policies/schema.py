@@ -1,0 +1,267 @@
+"""The policy language, version 1, as frozen pydantic models.
+
+A policy is data: thresholds on the calibrated confidence, an ordered list of rules (checked
+first, first match wins) and settings for each action. Every model forbids unknown keys, so a
+misspelt key is an error rather than a silently ignored setting.
+
+Validate untrusted data with the names of the signals and flags the caller can measure::
+
+    Policy.model_validate(data, context=validation_context(signal_names, flag_names))
+
+:func:`policies.loader.parse_policy` does this and turns errors into file positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from policies.conditions import (
+    CONFIDENCE,
+    Condition,
+    FlagCondition,
+    SignalCondition,
+    Text,
+    _check_name,
+    _error,
+    _Model,
+)
+from policies.errors import did_you_mean
+from policies.types import Action
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+TEMPLATE_FIELDS: tuple[str, ...] = ("answer", "caveat", "sources", "question", "parametric_answer")
+DEFAULT_HEDGE_TEMPLATE = "{answer}\n\n(Caveat: {caveat})"
+DEFAULT_DEFER_MESSAGE = (
+    "I don't know: the documents I have do not support an answer to this question."
+)
+DEFAULT_ESCALATION_TARGETS: tuple[str, ...] = ("larger",)
+
+Score = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _to_action(value: Any, allowed: tuple[Action, ...], field: str = "") -> Any:
+    if isinstance(value, Action) and value in allowed:
+        return value
+    if isinstance(value, str) and value in {a.value for a in allowed}:
+        return Action(value)
+    valid = ", ".join(a.value for a in allowed)
+    where = f" for {field}" if field else ""
+    raise _error("unknown_action", f"unknown action {value!r}{where}; valid actions: {valid}")
+
+
+class Thresholds(_Model):
+    """Cut-offs on the confidence, used when no rule matches.
+
+    ``confidence >= answer`` answers, ``hedge <= confidence < answer`` hedges, and anything
+    lower takes the ``otherwise`` action. Set ``hedge`` equal to ``answer`` to never hedge.
+    """
+
+    answer: Score
+    hedge: Score
+    otherwise: Literal[Action.DEFER, Action.ESCALATE]
+
+    @field_validator("otherwise", mode="before")
+    @classmethod
+    def _otherwise(cls, value: Any) -> Any:
+        return _to_action(value, (Action.DEFER, Action.ESCALATE), "thresholds.otherwise")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.hedge > self.answer:
+            raise _error(
+                "threshold_order",
+                f"the hedge threshold {self.hedge:g} is above the answer threshold "
+                f"{self.answer:g}; hedge must be <= answer (equal means never hedge)",
+                at=("hedge",),
+            )
+        return self
+
+
+class Rule(_Model):
+    """A named condition and the action taken when it holds; ``reason`` explains it to users."""
+
+    name: Text
+    when: Condition
+    action: Action
+    reason: Text | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "rule name")
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, value: Any) -> Any:
+        return _to_action(value, tuple(Action))
+
+
+class HedgeSettings(_Model):
+    """How a hedged answer is rendered: a format string over a fixed set of placeholders."""
+
+    template: Text = DEFAULT_HEDGE_TEMPLATE
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        valid = ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise _error(
+                "template_syntax",
+                f"the hedge template is not a valid format string ({exc}); "
+                "write a literal brace as {{ or }}",
+            ) from None
+        problems: list[str] = []
+        seen: set[str] = set()
+        for _, field_name, spec, conversion in parsed:
+            if field_name is None:
+                continue
+            seen.add(field_name)
+            if not field_name or field_name.isdigit():
+                problems.append(
+                    f"positional placeholder {{{field_name}}}: name it, e.g. {{answer}}"
+                )
+            elif field_name not in TEMPLATE_FIELDS:
+                hint = did_you_mean(field_name, TEMPLATE_FIELDS)
+                problems.append(f"unknown placeholder {{{field_name}}}{hint}")
+            elif spec or conversion:
+                problems.append(f"placeholder {{{field_name}}} takes no conversion or format spec")
+        if "answer" not in seen:
+            problems.append("the hedge template must contain {answer}")
+        if problems:
+            raise _error(
+                "template_placeholder",
+                f"{'; '.join(problems)}; valid placeholders: {valid}",
+            )
+        return value
+
+
+class DeferSettings(_Model):
+    """What the user is told when the middleware defers; used verbatim."""
+
+    message: Text = DEFAULT_DEFER_MESSAGE
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise _error("empty_message", "the defer message must not be empty")
+        return value
+
+
+class EscalateSettings(_Model):
+    """Where escalated questions go: backend names, tried in order, and the fallback."""
+
+    targets: tuple[Text, ...] = DEFAULT_ESCALATION_TARGETS
+    on_failure: Literal[Action.DEFER] = Action.DEFER
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise _error("no_targets", "escalation needs at least one target backend name")
+        for target in value:
+            if not target.strip() or target != target.strip():
+                raise _error("invalid_target", f"invalid escalation target {target!r}")
+            if value.count(target) > 1:
+                raise _error("duplicate_target", f"escalation target {target!r} is listed twice")
+        return value
+
+    @field_validator("on_failure", mode="before")
+    @classmethod
+    def _on_failure(cls, value: Any) -> Any:
+        return _to_action(value, (Action.DEFER,), "escalate.on_failure")
+
+
+class ActionSettings(_Model):
+    """Per-action settings; every part has a default."""
+
+    hedge: HedgeSettings = Field(default_factory=HedgeSettings)
+    defer: DeferSettings = Field(default_factory=DeferSettings)
+    escalate: EscalateSettings = Field(default_factory=EscalateSettings)
+
+
+class Policy(_Model):
+    """A complete, validated policy (version 1)."""
+
+    version: Literal[1]
+    name: Text
+    description: Text = ""
+    thresholds: Thresholds
+    rules: tuple[Rule, ...] = ()
+    actions: ActionSettings = Field(default_factory=ActionSettings)
+
+    _content_hash: str = PrivateAttr(default="")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if type(value) is int and value in SUPPORTED_VERSIONS:
+            return value
+        supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+        raise _error(
+            "unsupported_version",
+            f"unsupported policy version {value!r}; supported versions: {supported}",
+        )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "policy name")
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        seen: set[str] = set()
+        for index, rule in enumerate(rules):
+            if rule.name in seen:
+                raise _error(
+                    "duplicate_rule_name",
+                    f"duplicate rule name {rule.name!r}; rule names must be unique, "
+                    "because decisions record which rule matched",
+                    at=(index, "name"),
+                )
+            seen.add(rule.name)
+        return rules
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Compute the content hash once; the model is frozen."""
+        canonical = json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        self._content_hash = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def content_hash(self) -> str:
+        """First 16 hex digits of the SHA-256 of the canonical JSON of this policy.
+
+        Formatting, comments, key order and spelled-out defaults do not change it.
+        """
+        return self._content_hash
+
+    def _leaves(self) -> Iterator[SignalCondition | FlagCondition]:
+        for rule in self.rules:
+            yield from rule.when.leaves()
+
+    def signal_names(self) -> frozenset[str]:
+        """Names of the signals the rules compare (the built-in ``confidence`` excluded)."""
+        return frozenset(
+            leaf.signal
+            for leaf in self._leaves()
+            if isinstance(leaf, SignalCondition) and leaf.signal != CONFIDENCE
+        )
+
+    def flag_names(self) -> frozenset[str]:
+        """Names of the flags the rules test."""
+        return frozenset(leaf.flag for leaf in self._leaves() if isinstance(leaf, FlagCondition))
