@@ -234,6 +234,7 @@ class Guardrail:
             action=decision.action,
             question=question,
             answer=assessed.answer,
+            confidence=assessed.confidence,
             passages=found,
             decision=decision,
             policy=self.policy,

@@ -28,7 +28,7 @@ def _source_line(passages: Sequence[Passage]) -> str:
 
 
 def caveat(
-    decision: Decision, flag_details: Mapping[str, str], parametric_answer: str | None, answer: str
+    confidence: float, flag_details: Mapping[str, str], parametric_answer: str | None, answer: str
 ) -> str:
     """One sentence naming what made the answer uncertain."""
     if "knowledge_conflict" in flag_details:
@@ -38,7 +38,7 @@ def caveat(
                 f"'{parametric_answer}'; check the source"
             )
         return "the documents conflict with what the model otherwise believes; check the source"
-    return "; ".join(decision.reasons) or "the confidence is moderate"
+    return f"the model is only moderately confident in this answer (confidence {confidence:.2f})"
 
 
 def render(
@@ -46,6 +46,7 @@ def render(
     action: Action,
     question: str,
     answer: str,
+    confidence: float,
     passages: Sequence[Passage],
     decision: Decision,
     policy: Policy,
@@ -61,7 +62,7 @@ def render(
         else:
             text = policy.actions.hedge.template.format(
                 answer=answer,
-                caveat=caveat(decision, flag_details, parametric_answer, answer),
+                caveat=caveat(confidence, flag_details, parametric_answer, answer),
                 sources=sources,
                 question=question,
                 parametric_answer=parametric_answer or "",

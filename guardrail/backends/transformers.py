@@ -3,13 +3,20 @@
 Generation is a hand-written greedy loop over the KV cache (rather than ``model.generate``) so
 that every step's full distribution is reduced to its statistics as it is produced, and so that
 decoding stops at the first newline, as the few-shot prompts expect.
+
+Prefix caching: few-shot prompts repeat the same examples for every question, so the key/value
+cache of a prompt's head (everything up to its last blank line) is kept, keyed by its token
+ids, and reused when a later prompt starts with exactly those tokens. This is what keeps the
+no-passage ``score`` pass cheap next to the contextual generation.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,8 @@ class TransformersBackend:
         chat: bool = False,
         max_context_tokens: int = 2048,
         threads: int | None = None,
+        prefix_cache_size: int = 4,
+        min_prefix_tokens: int = 16,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name
@@ -71,9 +80,12 @@ class TransformersBackend:
         self.threads = threads
         self._model: Any = None
         self._tokenizer: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one forward pass at a time; guards the caches
         self._newline_ids: frozenset[int] = frozenset()
         self._stop_ids: frozenset[int] = frozenset()
+        self.prefix_cache_size = prefix_cache_size
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
 
     # -- loading -------------------------------------------------------------------------
     def load(self) -> TransformersBackend:
@@ -135,18 +147,62 @@ class TransformersBackend:
             )
         return ids
 
-    @torch.inference_mode()
+    def _prefix_length(self, prompt: str, prompt_ids: list[int]) -> int:
+        """How many leading tokens of ``prompt_ids`` form a cacheable head (0 for none)."""
+        if self.prefix_cache_size <= 0:
+            return 0
+        cut = prompt.rfind("\n\n")
+        if cut <= 0:
+            return 0
+        head: list[int] = self.tokenizer(prompt[: cut + 2], add_special_tokens=not self.chat)[
+            "input_ids"
+        ]
+        # Only reuse a cache when the head tokenises identically inside the whole prompt.
+        if len(head) < self.min_prefix_tokens or prompt_ids[: len(head)] != head:
+            return 0
+        if len(head) >= len(prompt_ids):
+            return 0
+        return len(head)
+
+    def _run_prompt(self, prompt: str, prompt_ids: list[int], logits_to_keep: int) -> Any:
+        """Forward pass over the prompt, reusing a cached head; returns the model output."""
+        model = self._model
+        cut = self._prefix_length(prompt, prompt_ids)
+        if cut == 0:
+            return model(torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=logits_to_keep)
+        key = tuple(prompt_ids[:cut])
+        cached = self._prefixes.get(key)
+        if cached is None:
+            cached = model(torch.tensor([list(key)]), use_cache=True, logits_to_keep=1).cache
+            self._prefixes[key] = cached
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
+        else:
+            self._prefixes.move_to_end(key)
+        # The forward pass extends the cache in place: work on a copy.
+        return model(
+            torch.tensor([prompt_ids[cut:]]),
+            cache=copy.deepcopy(cached),
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+
     def generate(
         self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
     ) -> Generation:
         """Greedy (temperature 0) or sampled decoding up to the first newline or EOS."""
         self.load()
+        with self._lock:
+            return self._generate(prompt, max_new_tokens, temperature)
+
+    @torch.inference_mode()
+    def _generate(self, prompt: str, max_new_tokens: int, temperature: float) -> Generation:
         start = time.perf_counter()
         prompt_ids = self._encode_prompt(prompt)
         model = self._model
         # Only the last position's logits are needed: the LM head over a 262k vocabulary is
         # the costliest part of a forward pass, so it is never run on the whole prompt.
-        out = model(torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        out = self._run_prompt(prompt, prompt_ids, logits_to_keep=1)
         cache = out.cache
         logits = out.logits[0, -1]
         rows: list[torch.Tensor] = []
@@ -182,10 +238,14 @@ class TransformersBackend:
             seconds=time.perf_counter() - start,
         )
 
-    @torch.inference_mode()
     def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:
         """One teacher-forced pass: statistics of ``continuation`` after ``prompt``."""
         self.load()
+        with self._lock:
+            return self._score(prompt, continuation)
+
+    @torch.inference_mode()
+    def _score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:
         prompt_ids = self._encode_prompt(prompt)
         if isinstance(continuation, str):
             cont_ids: list[int] = self._tokenizer(continuation, add_special_tokens=False)[
@@ -195,11 +255,11 @@ class TransformersBackend:
             cont_ids = [int(t) for t in continuation]
         if not cont_ids:
             return TokenStats.empty()
-        full = torch.tensor([prompt_ids + cont_ids])
         # Position p predicts token p + 1, so the rows that predicted the continuation are the
         # n positions before the last; the LM head runs on those n + 1 positions only.
         n = len(cont_ids)
-        logits = self._model(full, use_cache=False, logits_to_keep=n + 1).logits[0]
+        full = prompt_ids + cont_ids
+        logits = self._run_prompt(prompt, full, logits_to_keep=n + 1).logits[0]
         rows = logits[:n]
         tokens = self._tokenizer.convert_ids_to_tokens(cont_ids)
         return token_stats_from_logits(rows, cont_ids, tokens)

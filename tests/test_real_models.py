@@ -1,0 +1,146 @@
+"""The pipeline with the real embedded models, a real FAISS index and the demo corpus.
+
+A handful of questions only: each costs seconds on two cores. Larger measurements live in
+``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guardrail import Guardrail, GuardrailConfig
+from guardrail.pipeline import load_policy_setting, local_backend
+from policies import Action
+from retrievers import (
+    Passage,
+    PassageIndex,
+    SentenceTransformerEmbedder,
+    demo_corpus_path,
+    load_documents,
+)
+
+pytestmark = pytest.mark.slow
+
+# A slice of the demo corpus: three articles, so that the index builds in seconds.
+TITLES = {"1973 oil crisis", "Kenya", "Super Bowl 50"}
+LYON = Passage(id="lyon", text="The capital of France is Lyon.", source="test")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> GuardrailConfig:
+    # Models are converted once into the user's cache (as the CLI does); the index is the
+    # test's own.
+    return GuardrailConfig(
+        index_dir=tmp_path_factory.mktemp("index"), escalation_targets={}, policy="default"
+    )
+
+
+@pytest.fixture(scope="module")
+def guard(config: GuardrailConfig) -> Guardrail:
+    passages = [p for p in load_documents(demo_corpus_path()) if p.title in TITLES]
+    index = PassageIndex.build(passages, SentenceTransformerEmbedder(), progress=False)
+    index.save(config.resolved_index_dir())
+    return Guardrail.from_config(config)
+
+
+def test_answerable_question_is_answered_with_a_citation(guard: Guardrail) -> None:
+    response = guard.ask("When did the 1973 oil crisis begin?")
+    assert response.action == Action.ANSWER
+    assert "1973" in response.answer
+    assert response.citations
+    assert response.citations[0].id.startswith("1973_oil_crisis")
+    assert "1973_oil_crisis" in response.text  # the rendered answer names its source
+    assert response.model == "gemma-3-270m"
+    assert response.signals["retrieval_top_score"] is not None
+    assert response.signals["cg_mean"] is not None
+
+
+def test_question_outside_the_corpus_is_not_answered_outright(guard: Guardrail) -> None:
+    response = guard.ask("Who won the 2022 FIFA World Cup?")
+    assert response.action != Action.ANSWER
+    assert response.reasons
+
+
+def test_contradicting_passage_is_flagged_as_a_knowledge_conflict(guard: Guardrail) -> None:
+    response = guard.ask("What is the capital of France?", passages=[LYON])
+    assert "knowledge_conflict" in response.flags
+    detail = response.flag_details["knowledge_conflict"]
+    # The record says which signal fired: Confidence Gain, parametric agreement, or both.
+    assert "Confidence Gain" in detail or "parametric agreement" in detail
+    assert response.action != Action.ANSWER
+    if response.action == Action.HEDGE:
+        assert "Lyon" in response.text
+        assert response.parametric_answer  # what the model says without the passage
+
+
+def test_parametric_pass_scores_the_contextual_answer_tokens(guard: Guardrail) -> None:
+    """Confidence Gain uses the same tokens under both prompts (one teacher-forced pass)."""
+    from guardrail.prompts import prompt_for
+
+    backend = guard.backend
+    prompts = prompt_for(backend)
+    generation = backend.generate(prompts.contextual("What is the capital of France?", [LYON]))
+    scored = backend.score(
+        prompts.parametric("What is the capital of France?"), generation.stats.token_ids
+    )
+    assert scored.token_ids == generation.stats.token_ids
+    assert len(scored.entropies) == len(generation.stats.entropies) > 0
+    # Without the passage the model prefers Paris: the answer token is unlikely.
+    assert scored.logprobs[0] < generation.stats.logprobs[0]
+
+
+def test_escalation_to_the_larger_model(config: GuardrailConfig) -> None:
+    """The larger model answers with the same passages and is assessed the same way."""
+    kenya = [p for p in load_documents(demo_corpus_path()) if p.id == "Kenya#18"]
+    guard = Guardrail(
+        backend=local_backend(config, "gemma-3-270m"),
+        policy=load_policy_setting("default"),
+        escalation={"larger": lambda: local_backend(config, "qwen2.5-0.5b-instruct")},
+        config=config,
+    )
+    question = "When did Kibaki and Odinga sign an agreement on the formation of government?"
+    first = guard.assess(guard.backend, question, kenya)
+    from policies import Decision
+
+    forced = Decision(Action.ESCALATE, "test", ("forced",), "default", "x")
+    assessed, decision = guard.escalate(question, kenya, forced)
+    assert first.backend.name == "gemma-3-270m"
+    assert assessed is not None, decision.reasons
+    assert assessed.backend.name == "qwen2.5-0.5b-instruct"
+    assert "2008" in assessed.answer
+    assert decision.action in (Action.ANSWER, Action.HEDGE)
+    assert assessed.signals["parametric_agreement"] is not None
+
+
+def test_cli_ask_json_end_to_end(config: GuardrailConfig, guard: Guardrail) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUARDRAIL_INDEX_DIR": str(config.index_dir)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guardrail.cli",
+            "ask",
+            "When did the 1973 oil crisis begin?",
+            "--json",
+            "--no-escalation",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["action"] in ("answer", "hedge")
+    assert record["citations"][0]["id"].startswith("1973_oil_crisis")
+    assert record["policy_name"] == "default"
+    assert len(record["policy_hash"]) == 16
+    assert set(record["signals"]) >= {"cg_mean", "cg_min", "cg_first", "parametric_agreement"}
+    assert Path(str(config.index_dir)).exists()

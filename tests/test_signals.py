@@ -1,0 +1,346 @@
+"""Confidence signals: exact values on hand-built next-token distributions.
+
+Every expected value is computed here, independently, from the probability vectors with
+``math``; the code under test goes through ``token_stats_from_logits`` (torch) and
+``compute_signals``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+import torch
+from fakes import EPSILON, ScriptedBackend, logits_of, peaked, uniform
+
+from guardrail.backends.base import GeneratorBackend
+from guardrail.backends.transformers import token_stats_from_logits
+from guardrail.pipeline import Guardrail, load_policy_setting
+from guardrail.signals import (
+    SIGNAL_NAMES,
+    SignalInputs,
+    compute_signals,
+    confidence_gains,
+    normalize_answer,
+)
+from guardrail.types import TokenStats
+from retrievers import Passage
+
+VOCAB = ("Paris", "Lyon", "Rome", "Nice", "Berlin", "Oslo")
+LN2, LN4 = math.log(2), math.log(4)
+
+
+def stats(rows: Sequence[Sequence[float]], ids: Sequence[int]) -> TokenStats:
+    """TokenStats of probability rows through the real reduction."""
+    logits = torch.tensor([logits_of(r) for r in rows], dtype=torch.float64)
+    return token_stats_from_logits(logits, ids, [VOCAB[i] for i in ids])
+
+
+def smoothed(probs: Sequence[float]) -> list[float]:
+    """The distribution the logits really encode: zeros replaced by EPSILON, renormalised."""
+    raw = [max(p, EPSILON) for p in probs]
+    return [p / sum(raw) for p in raw]
+
+
+def entropy(probs: Sequence[float]) -> float:
+    return -sum(p * math.log(p) for p in smoothed(probs))
+
+
+def kl_from_uniform(probs: Sequence[float]) -> float:
+    """KL(U || p) = sum_j (1/V) log((1/V) / p_j), written out term by term."""
+    q = smoothed(probs)
+    v = len(q)
+    return sum((1 / v) * math.log((1 / v) / qj) for qj in q)
+
+
+def approx(value: float) -> object:
+    return pytest.approx(value, rel=1e-5, abs=1e-5)
+
+
+# Contextual answer "Paris Lyon": step 0 is split between two tokens (entropy ln 2), step 1
+# is split four ways (ln 4). Without passages it is the other way round.
+CTX_ROWS = [
+    [0.5, 0.5, 0.0, 0.0, 0.0, 0.0],
+    [0.25, 0.25, 0.25, 0.25, 0.0, 0.0],
+]
+PAR_ROWS = [
+    [0.25, 0.25, 0.25, 0.25, 0.0, 0.0],
+    [0.5, 0.5, 0.0, 0.0, 0.0, 0.0],
+]
+ANSWER_IDS = [0, 1]
+
+
+def inputs(
+    answer: str = "Paris Lyon",
+    *,
+    contextual: TokenStats | None = None,
+    parametric: TokenStats | None = None,
+    passages: Sequence[Passage] = (),
+) -> SignalInputs:
+    return SignalInputs(
+        answer=answer,
+        contextual=contextual if contextual is not None else stats(CTX_ROWS, ANSWER_IDS),
+        parametric=parametric,
+        passages=passages,
+    )
+
+
+# ---------------------------------------------------------------- token_stats_from_logits
+
+
+def test_token_stats_from_logits_reduces_each_row() -> None:
+    rows = [[0.7, 0.2, 0.1, 0.0, 0.0, 0.0], [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]]
+    got = stats(rows, [1, 5])
+    assert got.token_ids == (1, 5)
+    assert got.tokens == ("Lyon", "Oslo")
+    assert got.logprobs == approx([math.log(0.2), math.log(0.5)])
+    assert got.entropies == approx([entropy(rows[0]), entropy(rows[1])])
+    assert got.top_ids == (0, 5)
+    assert got.margins == approx([0.5, 0.4])
+    assert got.kl_uniform == approx([kl_from_uniform(rows[0]), kl_from_uniform(rows[1])])
+    assert got.full_vocab is True
+    assert len(got) == 2
+
+
+def test_token_stats_from_logits_uses_the_full_formula_for_self_certainty() -> None:
+    # KL(U||p) = -log V - mean_j log p_j: both sides computed independently.
+    row = [0.6, 0.3, 0.1, 0.0, 0.0, 0.0]
+    expected = -math.log(6) - sum(math.log(p) for p in smoothed(row)) / 6
+    assert expected == approx(kl_from_uniform(row))
+    assert stats([row], [0]).kl_uniform[0] == approx(expected)
+    # The uniform distribution is at zero distance from itself.
+    assert stats([uniform(VOCAB)], [0]).kl_uniform[0] == approx(0.0)
+
+
+def test_token_stats_from_logits_rejects_a_row_count_mismatch() -> None:
+    with pytest.raises(ValueError, match="2 logit rows for 1 tokens"):
+        token_stats_from_logits(torch.zeros(2, 6), [0], ["Paris"])
+
+
+def test_token_stats_from_logits_of_no_tokens_is_empty() -> None:
+    assert token_stats_from_logits(torch.zeros(0, 6), [], []) == TokenStats.empty()
+
+
+def test_token_stats_rejects_fields_of_unequal_length() -> None:
+    with pytest.raises(ValueError, match="must all have length 2"):
+        TokenStats((1, 2), ("a", "b"), (-0.1, -0.2), (0.5,), (1, 2), (0.1, 0.2), (0.0, 0.0))
+    with pytest.raises(ValueError, match="must all have length 1"):
+        TokenStats((1,), (), (-0.1,), (0.5,), (1,), (0.1,), (0.0,))
+
+
+# ---------------------------------------------------------------- Confidence Gain
+
+
+def test_confidence_gain_is_parametric_minus_contextual_entropy() -> None:
+    x = inputs(parametric=stats(PAR_ROWS, ANSWER_IDS))
+    # CG_0 = ln 4 - ln 2 = ln 2; CG_1 = ln 2 - ln 4 = -ln 2.
+    assert confidence_gains(x) == approx([LN2, -LN2])
+    signals = compute_signals(x)
+    assert signals["cg_first"] == approx(LN2)
+    assert signals["cg_min"] == approx(-LN2)
+    assert signals["cg_mean"] == approx(0.0)
+    assert signals["cg_negative_share"] == 0.5
+
+
+def test_confidence_gain_single_token_answer_is_ln2() -> None:
+    x = inputs(
+        "Paris",
+        contextual=stats(CTX_ROWS[:1], [0]),
+        parametric=stats(PAR_ROWS[:1], [0]),
+    )
+    signals = compute_signals(x)
+    for name in ("cg_mean", "cg_min", "cg_first"):
+        assert signals[name] == approx(LN2)
+    assert signals["cg_negative_share"] == 0.0
+
+
+def test_all_negative_gains_give_a_negative_share_of_one() -> None:
+    x = inputs(
+        contextual=stats(PAR_ROWS[:1] * 2, [0, 1]), parametric=stats(CTX_ROWS[:1] * 2, [0, 1])
+    )
+    signals = compute_signals(x)
+    assert signals["cg_mean"] == approx(-LN2)
+    assert signals["cg_negative_share"] == 1.0
+
+
+# ---------------------------------------------------------------- parametric agreement
+
+
+def test_parametric_agreement_is_the_share_of_tokens_the_model_would_choose_anyway() -> None:
+    contextual = stats([peaked(VOCAB, "Lyon", 0.9), peaked(VOCAB, "Rome", 0.9)], [1, 2])
+    # Without passages the model prefers Lyon at step 0 (agrees) and Paris at step 1 (does not).
+    par_rows = [peaked(VOCAB, "Lyon", 0.6), peaked(VOCAB, "Paris", 0.4)]
+    parametric = stats(par_rows, [1, 2])
+    signals = compute_signals(inputs("Lyon Rome", contextual=contextual, parametric=parametric))
+    assert signals["parametric_agreement"] == 0.5
+    assert signals["parametric_logprob"] == approx(
+        (math.log(0.6) + math.log(0.6 / 5)) / 2  # P(Lyon)=0.6, P(Rome)=(1-0.4)/5
+    )
+
+
+def test_parametric_agreement_zero_and_one() -> None:
+    contextual = stats([peaked(VOCAB, "Lyon", 0.9)], [1])
+    agree = stats([peaked(VOCAB, "Lyon", 0.3)], [1])
+    disagree = stats([peaked(VOCAB, "Paris", 0.3)], [1])
+    assert (
+        compute_signals(inputs("Lyon", contextual=contextual, parametric=agree))[
+            "parametric_agreement"
+        ]
+        == 1.0
+    )
+    assert (
+        compute_signals(inputs("Lyon", contextual=contextual, parametric=disagree))[
+            "parametric_agreement"
+        ]
+        == 0.0
+    )
+
+
+# ---------------------------------------------------------------- contextual token signals
+
+
+def test_contextual_token_signals() -> None:
+    rows = [[0.7, 0.2, 0.1, 0.0, 0.0, 0.0], [0.05, 0.05, 0.1, 0.1, 0.3, 0.4]]
+    ids = [0, 4]  # the answer takes the top token, then the second-best one
+    signals = compute_signals(inputs("Paris Berlin", contextual=stats(rows, ids)))
+    assert signals["mean_logprob"] == approx((math.log(0.7) + math.log(0.3)) / 2)
+    assert signals["mean_entropy"] == approx((entropy(rows[0]) + entropy(rows[1])) / 2)
+    assert signals["min_token_prob"] == approx(0.3)
+    assert signals["first_token_margin"] == approx(0.5)
+    assert signals["self_certainty"] == approx(
+        (kl_from_uniform(rows[0]) + kl_from_uniform(rows[1])) / 2
+    )
+    # No parametric pass: every signal that needs one is missing, not zero.
+    for name in ("cg_mean", "cg_min", "cg_first", "cg_negative_share"):
+        assert signals[name] is None
+    assert signals["parametric_agreement"] is None
+    assert signals["parametric_logprob"] is None
+
+
+def test_a_peaked_distribution_is_more_self_certain_than_a_flat_one() -> None:
+    sharp = compute_signals(inputs("Paris", contextual=stats([peaked(VOCAB, "Paris", 0.95)], [0])))
+    flat = compute_signals(inputs("Paris", contextual=stats([uniform(VOCAB)], [0])))
+    assert sharp["self_certainty"] is not None and flat["self_certainty"] is not None
+    assert sharp["self_certainty"] > flat["self_certainty"]
+    assert flat["self_certainty"] == approx(0.0)
+    assert flat["mean_entropy"] == approx(math.log(6))
+    assert flat["first_token_margin"] == approx(0.0)
+
+
+# ---------------------------------------------------------------- retrieval signals
+
+
+def passage(pid: str, text: str, score: float | None = None) -> Passage:
+    return Passage(id=pid, text=text, source="test", score=score)
+
+
+def test_retrieval_top_score_and_margin() -> None:
+    found = [passage("a", "x", 0.5), passage("b", "y", 0.8), passage("c", "z", 0.3)]
+    signals = compute_signals(inputs(passages=found))
+    assert signals["retrieval_top_score"] == approx(0.8)
+    assert signals["retrieval_margin"] == approx(0.3)
+
+
+def test_retrieval_signals_ignore_unscored_passages() -> None:
+    one_scored = [passage("a", "x", 0.6), passage("b", "y")]
+    signals = compute_signals(inputs(passages=one_scored))
+    assert signals["retrieval_top_score"] == approx(0.6)
+    assert signals["retrieval_margin"] is None
+    unscored = compute_signals(inputs(passages=[passage("b", "y")]))
+    assert unscored["retrieval_top_score"] is None
+    assert unscored["retrieval_margin"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  A cat,  an   apple.  ", "cat apple"),
+        ("THEATRE and Anthem", "theatre and anthem"),  # articles only as whole words
+        ("U.S.A.", "usa"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(text: str, expected: str) -> None:
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "texts", "expected"),
+    [
+        ("Gustave Eiffel", ["It was designed by gustave eiffel's company."], 1.0),
+        ("the Eiffel Tower.", ["Tourists visit Eiffel tower daily."], 1.0),
+        ("1889", ["No dates here.", "Completed in 1889, it ..."], 1.0),
+        ("Lyon", ["The capital of France is Paris."], 0.0),
+        ("", ["anything"], None),
+        ("...", ["anything"], None),  # nothing left after normalisation
+        ("Paris", [], None),
+    ],
+)
+def test_answer_in_passages(answer: str, texts: list[str], expected: float | None) -> None:
+    found = [passage(f"p{i}", t) for i, t in enumerate(texts)]
+    assert compute_signals(inputs(answer, passages=found))["answer_in_passages"] == expected
+
+
+# ---------------------------------------------------------------- missing inputs
+
+
+def test_every_signal_is_none_for_an_empty_answer_without_passages() -> None:
+    empty = TokenStats.empty()
+    signals = compute_signals(
+        SignalInputs(answer="", contextual=empty, parametric=empty, passages=[])
+    )
+    assert set(signals) == SIGNAL_NAMES
+    assert signals == dict.fromkeys(SIGNAL_NAMES)
+
+
+def test_every_signal_is_none_without_parametric_pass_or_answer() -> None:
+    signals = compute_signals(
+        SignalInputs(answer="", contextual=TokenStats.empty(), parametric=None, passages=[])
+    )
+    assert all(value is None for value in signals.values())
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_scripted_backend_implements_the_protocol() -> None:
+    backend = ScriptedBackend(VOCAB, contextual=CTX_ROWS, parametric=PAR_ROWS)
+    assert isinstance(backend, GeneratorBackend)
+
+
+# Distinct greedy tokens with the same entropies as above: "Paris" (ln 2), then "Lyon" (ln 4).
+E2E_CTX = [[0.5, 0.5, 0.0, 0.0, 0.0, 0.0], [0.0, 0.25, 0.25, 0.25, 0.25, 0.0]]
+E2E_PAR = [[0.25, 0.25, 0.25, 0.25, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]]
+
+
+def test_signals_end_to_end_through_guardrail_assess() -> None:
+    backend = ScriptedBackend(VOCAB, contextual=E2E_CTX, parametric=E2E_PAR)
+    guard = Guardrail(backend=backend, policy=load_policy_setting("default"))
+    found = [
+        passage("p1", "The Paris Lyon night train leaves at ten.", 0.7),
+        passage("p2", "Rome is in Italy.", 0.4),
+    ]
+    assessed = guard.assess(backend, "Which train?", found)
+    # Greedy decoding takes the first of the tied top tokens.
+    assert assessed.answer == "Paris Lyon"
+    assert assessed.generation.stats.token_ids == (0, 1)
+    # One generation with the passages, then one teacher-forced pass without them.
+    assert backend.calls == [("generate", "contextual"), ("score", "parametric")]
+    s = assessed.signals
+    assert s["cg_first"] == approx(LN2)
+    assert s["cg_min"] == approx(-LN2)
+    assert s["cg_mean"] == approx(0.0)
+    assert s["cg_negative_share"] == 0.5
+    # The parametric rows have tied top tokens, so agreement is left to other tests.
+    assert s["parametric_logprob"] == approx((math.log(0.25) + math.log(0.5)) / 2)
+    assert s["mean_logprob"] == approx((math.log(0.5) + math.log(0.25)) / 2)
+    assert s["min_token_prob"] == approx(0.25)
+    assert s["first_token_margin"] == approx(0.0)
+    assert s["retrieval_top_score"] == approx(0.7)
+    assert s["retrieval_margin"] == approx(0.3)
+    assert s["answer_in_passages"] == 1.0
+    assert assessed.confidence == approx(math.sqrt(0.5 * 0.25))
+    assert assessed.flags == {}
+    assert not assessed.abstained
