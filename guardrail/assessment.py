@@ -38,7 +38,6 @@ _ABSTENTIONS = frozenset(
         "i dont know",
         "i do not know",
         "no answer",
-        "none",
         "not mentioned",
         "not stated",
         "cannot be determined",

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from guardrail.config import GuardrailConfig
-from guardrail.errors import GuardrailError
+from guardrail.errors import ConfigError, GuardrailError
 from guardrail.models import MODELS, prepare_model
 from guardrail.types import Response
 from policies import PolicyError
@@ -37,7 +39,14 @@ def _config(args: argparse.Namespace) -> GuardrailConfig:
             overrides[key] = value
     if getattr(args, "no_escalation", False):
         overrides["escalation_targets"] = {}
-    return GuardrailConfig(**overrides)
+    try:
+        return GuardrailConfig(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from None
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -104,31 +113,17 @@ def format_response(response: Response, *, verbose: bool = True) -> str:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from guardrail.pipeline import (
-        Guardrail,
-        escalation_factories,
-        load_policy_setting,
-        local_backend,
-    )
+    from guardrail.pipeline import Guardrail, check_question
 
     config = _config(args)
+    # Cheap checks first: a bad question never waits for a model to load.
+    question = check_question(args.question, config.max_question_chars)
     given = [
         Passage(id=f"given-{i}", text=t, source="command line")
         for i, t in enumerate(args.passage or [], start=1)
     ]
-    if given:
-        guard = Guardrail(
-            backend=local_backend(config, config.generator),
-            policy=load_policy_setting(config.policy),
-            escalation=escalation_factories(config),
-            config=config,
-        )
-        guard.check_question(args.question)
-        response = guard.ask(args.question, passages=given)
-    else:
-        guard = Guardrail.from_config(config)
-        guard.check_question(args.question)
-        response = guard.ask(args.question)
+    guard = Guardrail.from_config(config, with_index=not given)
+    response = guard.ask(question, passages=given or None)
     if args.json:
         print(json.dumps(response.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -218,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except USER_ERRORS as exc:
-        print(f"guardrail: error: {exc}", file=sys.stderr)
+        # One line, whatever the error: several policy problems are joined with "; ".
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"guardrail: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("guardrail: interrupted", file=sys.stderr)

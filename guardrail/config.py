@@ -7,6 +7,7 @@ Every field can come from the environment with the ``GUARDRAIL_`` prefix (for ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field
@@ -40,6 +41,9 @@ class GuardrailConfig(BaseSettings):
     max_new_tokens: int = Field(default=24, ge=1, le=512)
     max_passage_words: int = Field(default=160, ge=10)
     threads: int | None = Field(default=None, ge=1)
+    """CPU threads for the local models (default: torch's choice)."""
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Precision of the local models' weights and activations."""
 
     def resolved_index_dir(self) -> Path:
         """The index directory, with the default filled in."""

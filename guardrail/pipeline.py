@@ -68,7 +68,24 @@ def local_backend(config: GuardrailConfig, model: str) -> GeneratorBackend:
     """A transformers backend for a local model, prepared (converted) on first use."""
     spec = model_spec(model)
     folder = prepare_model(config.cache_dir, model)
-    return TransformersBackend(folder, name=model, chat=spec.chat, threads=config.threads)
+    return TransformersBackend(
+        folder, name=model, chat=spec.chat, threads=config.threads, dtype=config.dtype
+    )
+
+
+def check_question(question: object, max_chars: int) -> str:
+    """The question, stripped, or a ``QuestionError`` saying what is wrong."""
+    if not isinstance(question, str):
+        raise QuestionError(f"the question must be text, got {type(question).__name__}")
+    stripped = question.strip()
+    if not stripped:
+        raise QuestionError("the question is empty; ask a question in words")
+    if len(stripped) > max_chars:
+        raise QuestionError(
+            f"the question has {len(stripped)} characters; the limit is {max_chars} "
+            "(setting max_question_chars)"
+        )
+    return stripped
 
 
 def escalation_factories(config: GuardrailConfig) -> dict[str, BackendFactory]:
@@ -104,30 +121,34 @@ class Guardrail:
         self._escalation_backends: dict[str, GeneratorBackend] = {}
 
     @classmethod
-    def from_config(cls, config: GuardrailConfig | None = None) -> Guardrail:
-        """Build the pipeline from settings: policy, index and models (loaded lazily)."""
+    def from_config(
+        cls, config: GuardrailConfig | None = None, *, with_index: bool = True
+    ) -> Guardrail:
+        """Build the pipeline from settings: policy, index, then models (loaded lazily).
+
+        ``with_index=False`` builds a pipeline that answers only from passages given to
+        ``ask``. The cheap, fallible parts (policy, index) come first so that their errors
+        surface before any model is prepared.
+        """
         config = config or GuardrailConfig()
         policy = load_policy_setting(config.policy)
-        index = PassageIndex.load(config.resolved_index_dir(), SentenceTransformerEmbedder())
-        backend = local_backend(config, config.generator)
-        factories = escalation_factories(config)
-        return cls(backend=backend, policy=policy, index=index, escalation=factories, config=config)
+        index = (
+            PassageIndex.load(config.resolved_index_dir(), SentenceTransformerEmbedder())
+            if with_index
+            else None
+        )
+        return cls(
+            backend=local_backend(config, config.generator),
+            policy=policy,
+            index=index,
+            escalation=escalation_factories(config),
+            config=config,
+        )
 
     # -- steps -----------------------------------------------------------------------------
     def check_question(self, question: object) -> str:
         """The question, stripped, or a ``QuestionError`` saying what is wrong."""
-        if not isinstance(question, str):
-            raise QuestionError(f"the question must be text, got {type(question).__name__}")
-        stripped = question.strip()
-        if not stripped:
-            raise QuestionError("the question is empty; ask a question in words")
-        limit = self.config.max_question_chars
-        if len(stripped) > limit:
-            raise QuestionError(
-                f"the question has {len(stripped)} characters; the limit is {limit} "
-                "(setting max_question_chars)"
-            )
-        return stripped
+        return check_question(question, self.config.max_question_chars)
 
     def retrieve(self, question: str) -> list[Passage]:
         """The top-k passages for the question (none without an index)."""

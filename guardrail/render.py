@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from guardrail.signals import normalize_answer
+from guardrail.signals import contains_phrase, normalize_answer
 from guardrail.types import Citation
 from policies import Action, Decision, Policy
 from retrievers import Passage
@@ -13,7 +13,7 @@ from retrievers import Passage
 def cited_passages(answer: str, passages: Sequence[Passage]) -> list[Passage]:
     """The passages that contain the answer, or the best passage when none does."""
     needle = normalize_answer(answer)
-    holding = [p for p in passages if needle and needle in normalize_answer(p.text)]
+    holding = [p for p in passages if needle and contains_phrase(p.text, needle)]
     return holding or list(passages[:1])
 
 

@@ -131,11 +131,18 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+def contains_phrase(text: str, normalized_phrase: str) -> bool:
+    """Whether the normalised phrase occurs in ``text`` as whole words ("art" is not in
+    "heart"); a trailing "s" is allowed, since normalisation turns "Eiffel's" into "eiffels"."""
+    padded = f" {normalize_answer(text)} "
+    return f" {normalized_phrase} " in padded or f" {normalized_phrase}s " in padded
+
+
 def _answer_in_passages(x: SignalInputs) -> float | None:
     answer = normalize_answer(x.answer)
     if not answer or not x.passages:
         return None
-    return float(any(answer in normalize_answer(p.text) for p in x.passages))
+    return float(any(contains_phrase(p.text, answer) for p in x.passages))
 
 
 SIGNALS: Mapping[str, SignalFn] = {

@@ -273,6 +273,7 @@ def test_normalize_answer(text: str, expected: str) -> None:
         ("the Eiffel Tower.", ["Tourists visit Eiffel tower daily."], 1.0),
         ("1889", ["No dates here.", "Completed in 1889, it ..."], 1.0),
         ("Lyon", ["The capital of France is Paris."], 0.0),
+        ("art", ["Take heart."], 0.0),  # whole words only
         ("", ["anything"], None),
         ("...", ["anything"], None),  # nothing left after normalisation
         ("Paris", [], None),

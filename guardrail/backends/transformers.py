@@ -8,11 +8,14 @@ Prefix caching: few-shot prompts repeat the same examples for every question, so
 cache of a prompt's head (everything up to its last blank line) is kept, keyed by its token
 ids, and reused when a later prompt starts with exactly those tokens. This is what keeps the
 no-passage ``score`` pass cheap next to the contextual generation.
+
+Precision: weights and activations run in bfloat16 by default (2-3x faster than float32 on
+this kind of CPU, mostly because the 262k-row LM head is memory-bound); the logits are
+reduced to log-probabilities and entropies in float32. ``dtype="float32"`` is available.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from guardrail.errors import BackendError
 from guardrail.types import FinishReason, Generation, TokenStats
@@ -40,7 +44,7 @@ def token_stats_from_logits(
         return TokenStats.empty()
     logp = torch.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
-    entropy = -(p * logp).sum(-1)
+    entropy = torch.special.entr(p).sum(-1)  # -p log p, with 0 where p == 0
     ids = torch.tensor(list(token_ids), dtype=torch.long)
     chosen = logp.gather(1, ids[:, None])[:, 0]
     top2 = p.topk(2, dim=-1)
@@ -70,6 +74,7 @@ class TransformersBackend:
         chat: bool = False,
         max_context_tokens: int = 2048,
         threads: int | None = None,
+        dtype: str = "bfloat16",
         prefix_cache_size: int = 4,
         min_prefix_tokens: int = 16,
     ) -> None:
@@ -78,6 +83,9 @@ class TransformersBackend:
         self.chat = chat
         self.max_context_tokens = max_context_tokens
         self.threads = threads
+        if dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
+        self.dtype = dtype
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()  # one forward pass at a time; guards the caches
@@ -102,7 +110,9 @@ class TransformersBackend:
             torch.set_num_threads(self.threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_dir, dtype=getattr(torch, self.dtype)
+            )
         except OSError as exc:
             raise BackendError(
                 f"cannot load the model folder {self.model_dir}: {exc}; "
@@ -164,27 +174,37 @@ class TransformersBackend:
             return 0
         return len(head)
 
-    def _run_prompt(self, prompt: str, prompt_ids: list[int], logits_to_keep: int) -> Any:
-        """Forward pass over the prompt, reusing a cached head; returns the model output."""
+    def _run_prompt(self, prompt: str, prompt_ids: list[int], rows: int = 0) -> Any:
+        """Forward pass over the prompt, reusing a cached head; returns the model output.
+
+        ``rows == 0`` keeps the logits of the last position only (to generate from);
+        ``rows == n`` keeps the n positions before the last (those that predicted the last n
+        tokens, to score them). The LM head runs on those positions only.
+        """
         model = self._model
         cut = self._prefix_length(prompt, prompt_ids)
+        length = len(prompt_ids) - cut
+        keep: int | torch.Tensor = torch.arange(length - rows - 1, length - 1) if rows else 1
         if cut == 0:
-            return model(torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=logits_to_keep)
+            return model(torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=keep)
         key = tuple(prompt_ids[:cut])
-        cached = self._prefixes.get(key)
-        if cached is None:
-            cached = model(torch.tensor([list(key)]), use_cache=True, logits_to_keep=1).cache
-            self._prefixes[key] = cached
+        layers = self._prefixes.get(key)
+        if layers is None:
+            cache = model(torch.tensor([list(key)]), use_cache=True, logits_to_keep=1).cache
+            layers = tuple(cache)  # per layer: keys, values (and the sliding-window size)
+            self._prefixes[key] = layers
             while len(self._prefixes) > self.prefix_cache_size:
                 self._prefixes.popitem(last=False)
         else:
             self._prefixes.move_to_end(key)
-        # The forward pass extends the cache in place: work on a copy.
+        # A fresh cache over the stored tensors: the forward pass extends it by concatenation,
+        # which leaves the stored tensors untouched (a deep copy would cost more than it saves).
+        fresh = DynamicCache(ddp_cache_data=layers, config=model.config)
         return model(
             torch.tensor([prompt_ids[cut:]]),
-            cache=copy.deepcopy(cached),
+            cache=fresh,
             use_cache=True,
-            logits_to_keep=logits_to_keep,
+            logits_to_keep=keep,
         )
 
     def generate(
@@ -202,7 +222,7 @@ class TransformersBackend:
         model = self._model
         # Only the last position's logits are needed: the LM head over a 262k vocabulary is
         # the costliest part of a forward pass, so it is never run on the whole prompt.
-        out = self._run_prompt(prompt, prompt_ids, logits_to_keep=1)
+        out = self._run_prompt(prompt, prompt_ids)
         cache = out.cache
         logits = out.logits[0, -1]
         rows: list[torch.Tensor] = []
@@ -255,11 +275,9 @@ class TransformersBackend:
             cont_ids = [int(t) for t in continuation]
         if not cont_ids:
             return TokenStats.empty()
-        # Position p predicts token p + 1, so the rows that predicted the continuation are the
-        # n positions before the last; the LM head runs on those n + 1 positions only.
+        # Position p predicts token p + 1: the rows that predicted the continuation are the n
+        # positions before the last.
         n = len(cont_ids)
-        full = prompt_ids + cont_ids
-        logits = self._run_prompt(prompt, full, logits_to_keep=n + 1).logits[0]
-        rows = logits[:n]
+        rows = self._run_prompt(prompt, prompt_ids + cont_ids, rows=n).logits[0]
         tokens = self._tokenizer.convert_ids_to_tokens(cont_ids)
         return token_stats_from_logits(rows, cont_ids, tokens)

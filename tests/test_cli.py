@@ -1,0 +1,290 @@
+"""The ``guardrail`` command line: user errors, exit codes and the ingest success path.
+
+User errors must exit with status 2 and one stderr line ``guardrail: error: ...`` (no stack
+trace), and must be noticed before any generator model is prepared: preparing one converts
+a GGUF file on first use (about a minute). To make that checkable, the ``cli`` fixture
+replaces ``prepare_model`` with a tripwire that raises ``ModelLoadAttempted``; nothing else
+is replaced. The ingest tests use the real embedder on a three-file corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import guardrail.cli
+import guardrail.pipeline
+from guardrail.cli import main
+from retrievers import PassageIndex, SentenceTransformerEmbedder
+
+
+class ModelLoadAttempted(Exception):
+    """Raised by the stand-in for ``prepare_model``: a generator was about to be prepared."""
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Result]
+
+
+def assert_user_error(result: Result, *fragments: str) -> str:
+    """Exit 2 and exactly one stderr line ``guardrail: error: ...`` holding ``fragments``."""
+    assert "Traceback" not in result.err
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("guardrail: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``main`` in-process with an empty cache directory and the model tripwire."""
+    for key in list(os.environ):
+        if key.startswith("GUARDRAIL_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("GUARDRAIL_CACHE_DIR", str(tmp_path / "cache"))
+
+    def tripwire(cache_dir: Path, name: str, **_: object) -> Path:
+        raise ModelLoadAttempted(f"{name!r} would be prepared before the input was validated")
+
+    monkeypatch.setattr(guardrail.pipeline, "prepare_model", tripwire)
+    monkeypatch.setattr(guardrail.cli, "prepare_model", tripwire)
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def bad_policy(tmp_path: Path) -> Path:
+    path = tmp_path / "x" / "bad.yaml"
+    path.parent.mkdir()
+    path.write_text("version: 1\nname: [unclosed\n", encoding="utf-8")
+    return path
+
+
+CORPUS = {
+    "cats.txt": "Cats are small domesticated felines that purr and hunt mice.",
+    "rockets.md": "# Rockets\n\nRockets burn fuel to lift satellites into orbit around Earth.",
+    "bread.txt": "Bread is baked from flour, water, yeast and salt in an oven.",
+}
+
+
+@dataclass(frozen=True)
+class Ingested:
+    index_dir: Path
+    result: Result
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingested]:
+    """``guardrail ingest`` of a three-file corpus, run once for the module."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = []
+    for name, text in CORPUS.items():
+        (root / name).write_text(text, encoding="utf-8")
+        files.append(str(root / name))
+    index_dir = root / "idx"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["ingest", *files, "--index", str(index_dir)])
+    yield Ingested(index_dir, Result(code, out.getvalue(), err.getvalue()))
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def test_ingest_builds_an_index_that_loads(ingested: Ingested) -> None:
+    result = ingested.result
+    assert result.code == 0, result.err
+    assert f"Index of 3 passages saved to {ingested.index_dir}" in result.out
+    assert "Ingested 3 passages from 3 path(s)." in result.err
+    index = PassageIndex.load(ingested.index_dir, SentenceTransformerEmbedder())
+    assert len(index) == 3
+    assert {p.source for p in index.passages} == set(CORPUS)
+    assert index.search("What do rockets carry into orbit?", k=1)[0].source == "rockets.md"
+
+
+def test_ingest_of_an_empty_file(cli: Run, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert_user_error(cli("ingest", str(empty)), str(empty), "empty corpus file")
+
+
+def test_ingest_of_invalid_utf8(cli: Run, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'{"id": "a", "text": "ok"}\n\xff\xfe garbage\n')
+    assert_user_error(cli("ingest", str(broken)), str(broken), "line 2", "not valid UTF-8")
+
+
+def test_ingest_of_invalid_jsonl(cli: Run, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "text": "fine"}\nnot json at all\n', encoding="utf-8")
+    line = assert_user_error(cli("ingest", str(broken)), str(broken))
+    assert "line 2" in line
+
+
+def test_ingest_of_a_missing_file(cli: Run, tmp_path: Path) -> None:
+    assert_user_error(cli("ingest", str(tmp_path / "nope.txt")), "no such file or directory")
+
+
+def test_ingest_with_no_paths(cli: Run) -> None:
+    assert_user_error(cli("ingest"), "nothing to ingest")
+
+
+# ---------------------------------------------------------------- ask: errors before models
+
+
+def test_ask_with_a_missing_index(cli: Run) -> None:
+    assert_user_error(
+        cli("ask", "q", "--index", "/nonexistent/dir"), "no index at /nonexistent/dir"
+    )
+
+
+def test_ask_with_a_malformed_policy_file(cli: Run, bad_policy: Path) -> None:
+    assert_user_error(cli("ask", "q", "--policy", str(bad_policy)), str(bad_policy), "invalid YAML")
+
+
+def test_ask_with_a_missing_policy_file(cli: Run, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert_user_error(cli("ask", "q", "--policy", str(missing)), "does not exist")
+
+
+def test_ask_with_an_unknown_bundled_policy(cli: Run) -> None:
+    assert_user_error(cli("ask", "q", "--policy", "lenient"), "bundled policies: default, strict")
+
+
+def test_ask_with_an_invalid_policy_reports_every_issue(cli: Run, tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.yaml"
+    path.write_text("version: 1\nname: x\nthresholds: {answer: 2}\n", encoding="utf-8")
+    result = cli("ask", "q", "--policy", str(path))
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    assert result.err.startswith("guardrail: error: ")
+    for issue in ("'hedge'", "'otherwise'", "less than or equal to 1"):
+        assert issue in result.err
+
+
+BAD_QUESTIONS = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="blank"),
+    pytest.param("x" * 1001, "1001 characters; the limit is 1000", id="too-long"),
+]
+
+
+@pytest.mark.parametrize(("question", "message"), BAD_QUESTIONS)
+def test_ask_bad_question_with_an_index(
+    cli: Run, ingested: Ingested, question: str, message: str
+) -> None:
+    result = cli("ask", question, "--index", str(ingested.index_dir))
+    assert_user_error(result, "question", message)
+
+
+@pytest.mark.parametrize(("question", "message"), BAD_QUESTIONS)
+def test_ask_bad_question_with_passages(cli: Run, question: str, message: str) -> None:
+    assert_user_error(cli("ask", question, "--passage", "Some text."), "question", message)
+
+
+def test_ask_empty_question_without_an_index_names_the_question(cli: Run) -> None:
+    assert_user_error(cli("ask", ""), "question is empty")
+
+
+def test_ask_with_passages_and_a_malformed_policy(cli: Run, bad_policy: Path) -> None:
+    result = cli("ask", "q", "--passage", "Some text.", "--policy", str(bad_policy))
+    assert_user_error(result, "invalid YAML")
+
+
+def test_ask_with_top_k_zero(cli: Run) -> None:
+    assert_user_error(cli("ask", "q", "--top-k", "0"), "top_k")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-command"),
+        pytest.param(["ask"], id="no-question"),
+        pytest.param(["ask", "q", "--top-k", "three"], id="top-k-not-a-number"),
+        pytest.param(["ingest", "--max-words"], id="option-without-value"),
+    ],
+)
+def test_argparse_errors_exit_2(
+    cli: Run, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(*argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: guardrail")
+    assert "error:" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a real process
+
+
+def guardrail_command() -> list[str]:
+    script = Path(sys.executable).with_name("guardrail")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "guardrail.cli"]
+
+
+@pytest.fixture
+def process(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
+    env["GUARDRAIL_CACHE_DIR"] = str(tmp_path / "cache")
+    env["HF_HUB_OFFLINE"] = "1"
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        # A timeout instead of a tripwire: an error path that reached a model would take
+        # about a minute to convert it.
+        return subprocess.run(
+            [*guardrail_command(), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+def test_process_exit_codes(
+    process: Callable[..., subprocess.CompletedProcess[str]], bad_policy: Path
+) -> None:
+    for argv, fragment in (
+        (["ingest"], "nothing to ingest"),
+        (["ask", "q", "--policy", str(bad_policy)], "invalid YAML"),
+    ):
+        done = process(*argv)
+        assert_user_error(Result(done.returncode, done.stdout, done.stderr), fragment)
+    usage = process("ask")
+    assert usage.returncode == 2
+    assert "the following arguments are required: question" in usage.stderr
+    assert "Traceback" not in usage.stderr
+
+
+def test_process_top_k_zero_is_a_clean_error(
+    process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    done = process("ask", "q", "--top-k", "0")
+    assert_user_error(Result(done.returncode, done.stdout, done.stderr), "top_k")
