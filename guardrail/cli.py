@@ -139,6 +139,11 @@ DEMO_QUESTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "What is the capital of France?",
         ("The capital of France is Lyon.",),
     ),
+    (
+        "A question the small model finds hard (the policy may escalate it)",
+        "When did Kibaki and Odinga sign an agreement on the formation of government?",
+        (),
+    ),
 )
 
 

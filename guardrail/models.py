@@ -18,6 +18,7 @@ import importlib
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +152,9 @@ def prepare_model(cache_dir: Path, name: str, *, say: Progress = _stderr) -> Pat
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    work = cache_dir / "models" / f".{name}.building"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    (cache_dir / "models").mkdir(parents=True, exist_ok=True)
+    # A private work folder: two processes preparing at once do not trample each other.
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir / "models"))
     try:
         gguf = spec.write_gguf(work, say)
         say(f"Converting {name} from GGUF to a cached model folder (once, about a minute)...")
@@ -170,8 +171,9 @@ def prepare_model(cache_dir: Path, name: str, *, say: Progress = _stderr) -> Pat
         (out / _FOLDER_MARKER).write_text(
             json.dumps({"name": name, "chat": spec.chat, "source": spec.install_hint})
         )
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        if is_prepared(cache_dir, name):
+            return folder  # another process finished first
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
         out.replace(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
