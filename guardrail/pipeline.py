@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from guardrail.assessment import FLAG_NAMES, FlagRules, HeuristicConfidence, is_abstention
@@ -216,7 +216,8 @@ class Guardrail:
                 continue
             decision = decide(assessed.assessment(), self.policy)
             if decision.action in (Action.ANSWER, Action.HEDGE):
-                return assessed, decision
+                why = f"escalated to {backend.name}: " + "; ".join(reasons)
+                return assessed, replace(decision, reasons=(why, *decision.reasons))
             reasons.append(
                 f"escalation target {target!r} ({backend.name}) was not confident either "
                 f"(confidence {assessed.confidence:.2f}; {'; '.join(decision.reasons)})"
