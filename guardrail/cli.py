@@ -1,4 +1,4 @@
-"""The ``guardrail`` command line: prepare, ingest, ask, demo.
+"""The ``guardrail`` command line: prepare, ingest, ask, demo, serve.
 
 User errors print one line (``guardrail: error: ...``) and exit with status 2; no stack trace.
 """
@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -20,6 +21,7 @@ from guardrail.models import MODELS, prepare_model
 from guardrail.types import Response
 from policies import PolicyError
 from retrievers import (
+    IndexNotFoundError,
     PassageIndex,
     RetrieverError,
     SentenceTransformerEmbedder,
@@ -30,17 +32,24 @@ from retrievers.types import Passage
 
 USER_ERRORS = (GuardrailError, RetrieverError, PolicyError)
 
+Config = TypeVar("Config", bound=GuardrailConfig)
+
 
 def _config(args: argparse.Namespace) -> GuardrailConfig:
+    return _settings(GuardrailConfig, args)
+
+
+def _settings(settings_type: type[Config], args: argparse.Namespace) -> Config:
+    """Settings of ``settings_type`` from the environment, overridden by the arguments."""
     overrides: dict[str, Any] = {}
-    for key in ("index_dir", "policy", "top_k", "cache_dir"):
+    for key in ("index_dir", "policy", "top_k", "cache_dir", "host", "port"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
     if getattr(args, "no_escalation", False):
         overrides["escalation_targets"] = {}
     try:
-        return GuardrailConfig(**overrides)
+        return settings_type(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
@@ -140,8 +149,8 @@ DEMO_QUESTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("The capital of France is Lyon.",),
     ),
     (
-        "A question the small model finds hard (the policy may escalate it)",
-        "When did Kibaki and Odinga sign an agreement on the formation of government?",
+        "A question the small model is unsure of (the policy escalates it)",
+        "What must the adoption of laws which will have legal effect in the EU have?",
         (),
     ),
 )
@@ -166,6 +175,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         response = guard.ask(question, passages=given)
         print(format_response(response) + "\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the service is the layer above guardrail (service -> guardrail).
+    import uvicorn
+
+    from guardrail.pipeline import load_policy_setting
+    from service import ServiceSettings, create_app
+
+    settings = _settings(ServiceSettings, args)
+    # Cheap checks first: a wrong policy or a missing index stops the command at once
+    # instead of leaving a server that is never ready.
+    load_policy_setting(settings.policy)
+    index_dir = settings.resolved_index_dir()
+    if not (index_dir / "manifest.json").is_file():
+        raise IndexNotFoundError(index_dir)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
     return 0
 
 
@@ -208,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int)
         p.add_argument("--no-escalation", action="store_true", help="configure no larger model")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the HTTP API (GET /readyz, ...)")
+    p.add_argument("--host", help="interface to listen on (GUARDRAIL_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (GUARDRAIL_PORT, default 8000)")
+    p.add_argument("--policy", help="bundled policy name or policy YAML path")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -53,12 +53,10 @@ def assert_user_error(result: Result, *fragments: str) -> str:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+def cli(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Run:
     """Run ``main`` in-process with an empty cache directory and the model tripwire."""
-    for key in list(os.environ):
-        if key.startswith("GUARDRAIL_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("GUARDRAIL_CACHE_DIR", str(tmp_path / "cache"))
 
     def tripwire(cache_dir: Path, name: str, **_: object) -> Path:
         raise ModelLoadAttempted(f"{name!r} would be prepared before the input was validated")

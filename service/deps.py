@@ -1,0 +1,45 @@
+"""Dependencies of the routes, as ``Annotated`` aliases: ``guard: GuardDep`` and so on.
+
+They are ``async`` so that they never take a threadpool thread, which the blocking model
+calls need.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from guardrail.pipeline import Guardrail
+from service.errors import ApiError
+from service.settings import ServiceSettings
+from service.state import ServiceState
+
+
+async def get_state(request: Request) -> ServiceState:
+    """The app's ``ServiceState``, set by its lifespan."""
+    state = getattr(request.app.state, "service", None)
+    if not isinstance(state, ServiceState):
+        raise ApiError(
+            503, "not_ready", "the app's lifespan has not run; serve it with an ASGI server"
+        )
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+async def get_settings(state: StateDep) -> ServiceSettings:
+    """The settings the app was created with."""
+    return state.settings
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+
+
+async def get_guard(state: StateDep) -> Guardrail:
+    """The pipeline, or a 503 ``not_ready`` error while it is being built or failed to."""
+    return state.require_guard()
+
+
+GuardDep = Annotated[Guardrail, Depends(get_guard)]

@@ -1,0 +1,76 @@
+"""Request bodies of the HTTP API, validated by FastAPI before a route runs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from retrievers.types import Passage
+
+MAX_PASSAGES = 20
+"""At most this many passages per request; each costs prompt tokens and time."""
+
+USAGE = (
+    'expected a JSON object {"question": "...", "passages": [{"text": "...", "id": "...", '
+    '"title": "...", "source": "..."}]} where "passages" is optional (at most '
+    f"{MAX_PASSAGES}; without it the server searches its index) and each passage needs only "
+    '"text"'
+)
+"""What a valid /v1/answer body looks like, appended to every request error."""
+
+
+class PassageIn(BaseModel):
+    """A passage given with the question, used instead of retrieval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The passage's words; must not be blank.")
+    id: str | None = Field(default=None, description="Cited by this id; default request-<n>.")
+    title: str | None = None
+    source: str | None = Field(default=None, description="Default 'request'.")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the passage text is blank; give the passage's words or leave it out")
+        return value
+
+
+class AnswerRequest(BaseModel):
+    """The body of ``POST /v1/answer``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="The question, in words.")
+    passages: list[PassageIn] | None = Field(
+        default=None,
+        max_length=MAX_PASSAGES,
+        description="Answer from these instead of the index; [] means no documents at all.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AnswerRequest:
+        seen: set[str] = set()
+        for position, passage_id in enumerate(self._ids()):
+            if passage_id in seen:
+                raise ValueError(
+                    f"passages[{position}] has the id {passage_id!r} of an earlier passage; "
+                    "citations name passages by id, so ids must be unique"
+                )
+            seen.add(passage_id)
+        return self
+
+    def _ids(self) -> list[str]:
+        return [
+            p.id if p.id is not None else f"request-{position}"
+            for position, p in enumerate(self.passages or (), start=1)
+        ]
+
+    def to_passages(self) -> list[Passage] | None:
+        """The given passages as pipeline passages, or None to search the index."""
+        if self.passages is None:
+            return None
+        return [
+            Passage(id=passage_id, text=p.text, source=p.source or "request", title=p.title or "")
+            for passage_id, p in zip(self._ids(), self.passages, strict=True)
+        ]
