@@ -1,4 +1,4 @@
-"""The ``guardrail`` command line: prepare, ingest, ask, demo, serve.
+"""The ``guardrail`` command line: prepare, ingest, ask, demo, serve, eval, calibrate.
 
 User errors print one line (``guardrail: error: ...``) and exit with status 2; no stack trace.
 """
@@ -242,15 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (GUARDRAIL_PORT, default 8000)")
     p.add_argument("--policy", help="bundled policy name or policy YAML path")
     p.set_defaults(func=cmd_serve)
+
+    from guardrail.evaluation.commands import register
+
+    register(sub, common)
     return parser
+
+
+def _run_evaluation_command(args: argparse.Namespace) -> int:
+    return int(args.command_func(args, _config(args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardrail`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    func = getattr(args, "func", None) or _run_evaluation_command
     try:
-        return int(args.func(args))
+        return int(func(args))
     except USER_ERRORS as exc:
         # One line, whatever the error: several policy problems are joined with "; ".
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from guardrail.assessment import FLAG_NAMES, FlagRules, HeuristicConfidence, is_abstention
 from guardrail.backends.base import GeneratorBackend
@@ -28,12 +29,25 @@ from guardrail.models import model_spec, prepare_model
 from guardrail.prompts import prompt_for
 from guardrail.render import render
 from guardrail.signals import SIGNAL_NAMES, SignalInputs, compute_signals
-from guardrail.types import Generation, Response
+from guardrail.types import Generation, Response, TokenStats
 from policies import Action, Assessment, Decision, Policy, bundled_policy_path, decide, load_policy
 from retrievers import PassageIndex, SentenceTransformerEmbedder
 from retrievers.types import Passage
 
 BackendFactory = Callable[[], GeneratorBackend]
+
+
+class ConfidenceScorer(Protocol):
+    """Turns one response's signals into its confidence (a heuristic or a calibrator)."""
+
+    @property
+    def method(self) -> str:
+        """How the confidence is computed, recorded with each response."""
+        ...
+
+    def confidence(self, signals: Mapping[str, float | None], *, abstained: bool) -> float:
+        """The confidence in [0, 1]."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class Assessed:
 
     backend: GeneratorBackend
     generation: Generation
+    parametric: TokenStats | None
     answer: str
     abstained: bool
     signals: Mapping[str, float | None]
@@ -54,14 +69,38 @@ class Assessed:
         return Assessment(self.confidence, dict(self.signals), frozenset(self.flags))
 
 
-def load_policy_setting(value: str) -> Policy:
-    """A bundled policy by name, or a policy file by path."""
+def policy_path(value: str) -> Path:
+    """The file of a bundled policy name or of a policy path."""
     path = Path(value)
     if value.endswith((".yaml", ".yml")) or path.exists():
         if not path.exists():
             raise ConfigError(f"policy file {value} does not exist")
-        return load_policy(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
-    return load_policy(bundled_policy_path(value), signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+        return path
+    return Path(str(bundled_policy_path(value)))
+
+
+def load_policy_setting(value: str) -> Policy:
+    """A bundled policy by name, or a policy file by path."""
+    return load_policy(policy_path(value), signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+
+
+def policy_scorer(policy: Policy, policy_file: Path) -> ConfidenceScorer:
+    """The policy's calibrator (its path is relative to the policy file), or the documented
+    heuristic when the policy names none."""
+    if policy.calibration is None:
+        return HeuristicConfidence()
+    from guardrail.calibration import load_calibrator
+
+    path = Path(policy.calibration.calibrator)
+    if not path.is_absolute():
+        path = policy_file.parent / path
+    calibrator = load_calibrator(path)
+    unknown = sorted(set(calibrator.features) - SIGNAL_NAMES)
+    if unknown:
+        raise ConfigError(
+            f"calibrator {path} reads signals this version does not measure: {', '.join(unknown)}"
+        )
+    return calibrator
 
 
 def local_backend(config: GuardrailConfig, model: str) -> GeneratorBackend:
@@ -109,14 +148,14 @@ class Guardrail:
         escalation: Mapping[str, BackendFactory] | None = None,
         config: GuardrailConfig | None = None,
         flag_rules: FlagRules | None = None,
-        confidence: HeuristicConfidence | None = None,
+        confidence: ConfidenceScorer | None = None,
     ) -> None:
         self.backend = backend
         self.policy = policy
         self.index = index
         self.config = config or GuardrailConfig()
         self.flag_rules = flag_rules or FlagRules()
-        self.scorer = confidence or HeuristicConfidence()
+        self.scorer: ConfidenceScorer = confidence or HeuristicConfidence()
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
 
@@ -131,7 +170,9 @@ class Guardrail:
         surface before any model is prepared.
         """
         config = config or GuardrailConfig()
-        policy = load_policy_setting(config.policy)
+        policy_file = policy_path(config.policy)
+        policy = load_policy(policy_file, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+        scorer = policy_scorer(policy, policy_file)
         index = (
             PassageIndex.load(config.resolved_index_dir(), SentenceTransformerEmbedder())
             if with_index
@@ -143,6 +184,7 @@ class Guardrail:
             index=index,
             escalation=escalation_factories(config),
             config=config,
+            confidence=scorer,
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -162,7 +204,9 @@ class Guardrail:
         """Generate with passages, score without them, and measure."""
         prompts = prompt_for(backend, self.config.max_passage_words)
         generation = backend.generate(
-            prompts.contextual(question, passages), max_new_tokens=self.config.max_new_tokens
+            prompts.contextual(question, passages),
+            max_new_tokens=self.config.max_new_tokens,
+            probe=prompts.abstain_probe,
         )
         answer = generation.text
         abstained = is_abstention(answer)
@@ -173,7 +217,16 @@ class Guardrail:
             else None
         )
         score_seconds = time.perf_counter() - start
-        signals = compute_signals(SignalInputs(answer, generation.stats, parametric, passages))
+        signals = compute_signals(
+            SignalInputs(
+                answer,
+                generation.stats,
+                parametric,
+                passages,
+                generation.probe_logprob,
+                question=question,
+            )
+        )
         flags = self.flag_rules.flags(
             abstained=abstained,
             signals=signals,
@@ -183,12 +236,17 @@ class Guardrail:
         return Assessed(
             backend=backend,
             generation=generation,
+            parametric=parametric,
             answer=answer,
             abstained=abstained,
             signals=signals,
             flags=flags,
             confidence=self.scorer.confidence(signals, abstained=abstained),
-            timings={"generate": generation.seconds, "score": score_seconds},
+            timings={
+                "generate": generation.seconds - generation.probe_seconds,
+                "abstain_probe": generation.probe_seconds,
+                "score": score_seconds,
+            },
         )
 
     def _escalation_backend(self, target: str) -> GeneratorBackend:

@@ -65,12 +65,18 @@ class PromptBuilder(Protocol):
         """The prompt without passages, ending where the answer starts."""
         ...
 
+    @property
+    def abstain_probe(self) -> str:
+        """The abstention answer exactly as it would follow the contextual prompt."""
+        ...
+
 
 @dataclass(frozen=True)
 class FewShotPrompt:
     """Few-shot text prompts for base models."""
 
     max_passage_words: int = 160
+    abstain_probe: str = f" {ABSTAIN_WORD}"
 
     def contextual(self, question: str, passages: Sequence[Passage]) -> str:
         """Examples, then the passages as one context block, then the question."""
@@ -104,6 +110,7 @@ class ChatPrompt:
 
     backend: GeneratorBackend
     max_passage_words: int = 160
+    abstain_probe: str = ABSTAIN_WORD
 
     def contextual(self, question: str, passages: Sequence[Passage]) -> str:
         """System rules, then the passages in tags and the question in the user turn."""

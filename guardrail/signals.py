@@ -16,6 +16,20 @@ answer prefix teacher-forced in ONE ``score`` pass). ``H`` is Shannon entropy in
   KL divergence of the uniform distribution from each next-token distribution).
 - ``retrieval_top_score``, ``retrieval_margin``: cosine score of the best passage and its gap
   to the second; ``answer_in_passages``: 1.0 when the normalised answer occurs in a passage.
+- ``abstain_logprob``: log-probability, under the contextual prompt, of the abstention answer
+  ("unanswerable") as a whole continuation: how strongly the model considered saying it has
+  no answer, whatever it then said (read from the generation's prompt cache).
+- ``answer_tokens``: the number of answer tokens.
+- ``question_overlap``: the share of the question's content words (lower case, stop words
+  removed, a plural "s" ignored) that occur anywhere in the passages: does the document talk
+  about exactly what was asked? A question about an entity the passages never name scores low.
+- ``answer_sentence_overlap``: the same share measured on the passage sentence that holds the
+  answer (the best one if several do): is the answer drawn from the sentence that addresses
+  the question, or from an unrelated one? None when the answer is not found in a passage.
+
+``question_overlap``, ``answer_sentence_overlap``, ``answer_in_passages`` and the retrieval
+signals read only text and scores (``TEXT_SIGNALS``): they cost nothing next to the model and
+can be recomputed from a stored answer at any time.
 
 A signal that cannot be computed (no answer tokens, no parametric pass, no passages) is
 ``None``; policies treat a missing value as not matching any comparison.
@@ -41,6 +55,8 @@ class SignalInputs:
     contextual: TokenStats
     parametric: TokenStats | None
     passages: Sequence[Passage]
+    abstain_logprob: float | None = None
+    question: str = ""
 
 
 SignalFn = Callable[[SignalInputs], float | None]
@@ -145,6 +161,61 @@ def _answer_in_passages(x: SignalInputs) -> float | None:
     return float(any(contains_phrase(p.text, answer) for p in x.passages))
 
 
+def _abstain_logprob(x: SignalInputs) -> float | None:
+    return x.abstain_logprob
+
+
+def _answer_tokens(x: SignalInputs) -> float | None:
+    return float(len(x.contextual))
+
+
+_STOP_TEXT = """
+    a an the of in on at to for from by with and or is are was were be been being do does did
+    what which who whom whose when where why how that this these those it its as into than
+    then there their they he she his her him i you we our your not no can could would should
+    may might will shall has have had about after before during over under between through
+    more most other some such only own same so too very just if while also many much any each
+    few both all up down out off again further once here name named called"""
+_STOP_WORDS = frozenset(_STOP_TEXT.split())
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _words(text: str) -> list[str]:
+    return [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in _WORD.findall(text.lower())]
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-case content words of ``text`` (stop words and one-letter words removed)."""
+    return [w for w in _words(text) if w not in _STOP_WORDS and len(w) > 1]
+
+
+def _overlap(question_words: Sequence[str], text: str) -> float:
+    present = set(_words(text))
+    return sum(w in present for w in question_words) / len(question_words)
+
+
+def _question_overlap(x: SignalInputs) -> float | None:
+    words = content_words(x.question)
+    if not words or not x.passages:
+        return None
+    return _overlap(words, " ".join(p.text for p in x.passages))
+
+
+def _answer_sentence_overlap(x: SignalInputs) -> float | None:
+    words = content_words(x.question)
+    answer = normalize_answer(x.answer)
+    if not words or not answer:
+        return None
+    holding = [
+        sentence
+        for p in x.passages
+        for sentence in _SENTENCE_END.split(p.text)
+        if contains_phrase(sentence, answer)
+    ]
+    return max((_overlap(words, s) for s in holding), default=None)
+
+
 SIGNALS: Mapping[str, SignalFn] = {
     "cg_mean": _cg_mean,
     "cg_min": _cg_min,
@@ -160,12 +231,36 @@ SIGNALS: Mapping[str, SignalFn] = {
     "retrieval_top_score": _retrieval_top_score,
     "retrieval_margin": _retrieval_margin,
     "answer_in_passages": _answer_in_passages,
+    "abstain_logprob": _abstain_logprob,
+    "answer_tokens": _answer_tokens,
+    "question_overlap": _question_overlap,
+    "answer_sentence_overlap": _answer_sentence_overlap,
 }
 """The registered signals, by name. Policies may reference exactly these names."""
 
 SIGNAL_NAMES: frozenset[str] = frozenset(SIGNALS)
 
 
+TEXT_SIGNALS: frozenset[str] = frozenset(
+    {
+        "question_overlap",
+        "answer_sentence_overlap",
+        "answer_in_passages",
+        "retrieval_top_score",
+        "retrieval_margin",
+    }
+)
+"""Signals computed from text and retrieval scores alone (no model output but the answer)."""
+
+
 def compute_signals(inputs: SignalInputs) -> dict[str, float | None]:
     """Every registered signal for one answer."""
     return {name: fn(inputs) for name, fn in SIGNALS.items()}
+
+
+def compute_text_signals(
+    question: str, answer: str, passages: Sequence[Passage]
+) -> dict[str, float | None]:
+    """The ``TEXT_SIGNALS`` of a stored answer, without any model."""
+    inputs = SignalInputs(answer, TokenStats.empty(), None, passages, question=question)
+    return {name: SIGNALS[name](inputs) for name in sorted(TEXT_SIGNALS)}

@@ -67,6 +67,10 @@ class Generation:
     prompt_tokens: int
     finish_reason: FinishReason
     seconds: float = 0.0
+    probe_logprob: float | None = None
+    """log p(probe | prompt) when ``generate`` was given a probe continuation, else None."""
+    probe_seconds: float = 0.0
+    """The part of ``seconds`` spent on the probe."""
 
 
 @dataclass(frozen=True)

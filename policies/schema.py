@@ -189,6 +189,26 @@ class ActionSettings(_Model):
     escalate: EscalateSettings = Field(default_factory=EscalateSettings)
 
 
+Rate = Annotated[float, Field(strict=False, gt=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class CalibrationSettings(_Model):
+    """Where the calibrated confidence comes from and what its thresholds promise.
+
+    ``calibrator`` is a calibrator artifact (JSON), relative to the policy file. The
+    thresholds of a calibrated policy were chosen on a calibration split so that the error
+    among answered questions is at most ``target_error`` with probability at least
+    ``1 - delta`` (``guardrail calibrate`` writes both files).
+    """
+
+    calibrator: Text
+    target_error: Rate
+    delta: Rate
+    hedge_target_error: Rate | None = None
+    method: Literal["binomial", "hoeffding-bentkus"] = "binomial"
+    fitted_on: Text = ""
+
+
 class Policy(_Model):
     """A complete, validated policy (version 1)."""
 
@@ -198,6 +218,7 @@ class Policy(_Model):
     thresholds: Thresholds
     rules: tuple[Rule, ...] = ()
     actions: ActionSettings = Field(default_factory=ActionSettings)
+    calibration: CalibrationSettings | None = None
 
     _content_hash: str = PrivateAttr(default="")
 

@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet --progress-bar off -e ".[cpu,escalation,dev]"
+.venv/bin/python -m pip install --quiet --progress-bar off -e ".[cpu,escalation,eval,dev]"

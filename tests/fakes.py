@@ -103,9 +103,17 @@ class ScriptedBackend:
         return token_stats_from_logits(rows, ids, [self.vocab[i] for i in ids])
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
     ) -> Generation:
-        """Greedy decoding through the script; the answer is the tokens joined by spaces."""
+        """Greedy decoding through the script; the answer is the tokens joined by spaces.
+
+        The probe's log-probability is read from the same script when its words are in the
+        vocabulary and the script is long enough, and is None otherwise."""
         if temperature != 0.0:
             raise ValueError("ScriptedBackend decodes greedily only (temperature 0)")
         kind = self.kind(prompt)
@@ -120,6 +128,15 @@ class ScriptedBackend:
             stats=self._stats(steps, ids),
             prompt_tokens=len(prompt.split()),
             finish_reason=finish,
+            probe_logprob=self._probe(self.scripts[kind], probe),
+        )
+
+    def _probe(self, steps: Sequence[Distribution], probe: str | None) -> float | None:
+        words = probe.split() if probe else []
+        if not words or len(words) > len(steps) or any(w not in self.vocab for w in words):
+            return None
+        return sum(
+            math.log(max(steps[i][self.vocab.index(w)], EPSILON)) for i, w in enumerate(words)
         )
 
     def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from fakes import ScriptedBackend, peaked, uniform
@@ -78,7 +79,7 @@ def test_confident_supported_answer_is_answered_with_its_citation(policy: Policy
     assert response.model == "confident-Paris"
     assert response.policy_name == "default"
     assert response.signals["answer_in_passages"] == 1.0
-    assert set(response.timings) == {"retrieve", "generate", "score", "total"}
+    assert set(response.timings) == {"retrieve", "generate", "abstain_probe", "score", "total"}
     # No conflict: the closed-book answer is never generated.
     assert model.calls == [("generate", "contextual"), ("score", "parametric")]
 
@@ -312,4 +313,52 @@ def test_response_to_dict_is_json_serialisable(policy: Policy) -> None:
     assert data["signals"]["answer_in_passages"] == 1.0
     assert data["signals"]["parametric_agreement"] == 0.0
     assert data["policy_hash"] == response.policy_hash
-    assert set(data["timings"]) == {"retrieve", "generate", "score", "total"}
+    assert set(data["timings"]) == {"retrieve", "generate", "abstain_probe", "score", "total"}
+
+
+# ---------------------------------------------------------------- calibrated policies
+
+
+def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
+    from guardrail.calibration import ABSTAINED, LogisticCalibrator
+    from guardrail.pipeline import policy_path, policy_scorer
+
+    # A calibrator on one signal: the higher mean_logprob, the more likely right.
+    rows = [{"mean_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
+    labels = [i >= 12 for i in range(30)]
+    LogisticCalibrator(("mean_logprob",)).fit(rows, labels).save(tmp_path / "cal.json")
+    policy_file = tmp_path / "calibrated.yaml"
+    policy_file.write_text(
+        "version: 1\nname: calibrated\n"
+        "thresholds: {answer: 0.9, hedge: 0.5, otherwise: defer}\n"
+        "calibration: {calibrator: cal.json, target_error: 0.1, delta: 0.1}\n"
+    )
+    policy = load_policy_setting(str(policy_file))
+    scorer = policy_scorer(policy, policy_path(str(policy_file)))
+    guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
+    response = guard.ask("What is the capital of France?", passages=[PARIS])
+    assert response.confidence_method == "calibrated:logistic"
+    expected = scorer.confidence(response.signals, abstained=False)
+    assert response.confidence == pytest.approx(expected)
+    assert response.confidence > 0.9 and response.action == "answer"
+
+
+def test_a_calibrated_policy_with_a_missing_or_foreign_calibrator(tmp_path: Path) -> None:
+    from guardrail.calibration import ABSTAINED, LogisticCalibrator
+    from guardrail.errors import ConfigError
+    from guardrail.pipeline import policy_path, policy_scorer
+
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text(
+        "version: 1\nname: p\nthresholds: {answer: 0.9, hedge: 0.5, otherwise: defer}\n"
+        "calibration: {calibrator: gone.json, target_error: 0.1, delta: 0.1}\n"
+    )
+    policy = load_policy_setting(str(policy_file))
+    with pytest.raises(ConfigError, match=r"gone\.json does not exist"):
+        policy_scorer(policy, policy_path(str(policy_file)))
+    rows = [{"telepathy": float(i), ABSTAINED: 0.0} for i in range(20)]
+    LogisticCalibrator(("telepathy",)).fit(rows, [i > 9 for i in range(20)]).save(
+        tmp_path / "gone.json"
+    )
+    with pytest.raises(ConfigError, match="does not measure: telepathy"):
+        policy_scorer(policy, policy_path(str(policy_file)))

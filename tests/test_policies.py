@@ -755,3 +755,45 @@ def test_content_hash_ignores_formatting_and_tracks_meaning() -> None:
     )
     assert parse(HASHED.replace("lt: 0.25", "le: 0.25")).content_hash != original.content_hash
     assert decide(assess(0.9), original).policy_hash == original.content_hash
+
+
+# ---------------------------------------------------------------- the calibration block
+
+
+def test_a_calibration_block_is_parsed() -> None:
+    text = VALID_HEAD + (
+        "calibration:\n"
+        "  calibrator: cal.json\n"
+        "  target_error: 0.1\n"
+        "  delta: 0.05\n"
+        "  fitted_on: squad2/gold split=calibrate seed=0 n=300\n"
+    )
+    policy = parse_policy(text, signal_names=SIGNALS, flag_names=FLAGS)
+    assert policy.calibration is not None
+    assert policy.calibration.calibrator == "cal.json"
+    assert (policy.calibration.target_error, policy.calibration.delta) == (0.1, 0.05)
+    assert policy.calibration.method == "binomial"
+    assert parse_policy(VALID_HEAD, signal_names=SIGNALS, flag_names=FLAGS).calibration is None
+
+
+@pytest.mark.parametrize(
+    ("block", "line", "fragment"),
+    [
+        ("  calibrator: c.json\n  target_error: 1.5\n  delta: 0.1\n", 6, "less than 1"),
+        ("  calibrator: c.json\n  target_error: 0.1\n  delta: 0\n", 7, "greater than 0"),
+        ("  target_error: 0.1\n  delta: 0.1\n", 4, "missing required key 'calibrator'"),
+        (
+            "  calibrator: c.json\n  target_error: 0.1\n  delta: 0.1\n  method: magic\n",
+            8,
+            "binomial",
+        ),
+        ("  calibrator: c.json\n  target_error: 0.1\n  delta: 0.1\n  alpha: 2\n", 8, "alpha"),
+    ],
+)
+def test_bad_calibration_blocks_name_their_line(block: str, line: int, fragment: str) -> None:
+    text = VALID_HEAD + "calibration:\n" + block
+    with pytest.raises(PolicyValidationError) as caught:
+        parse_policy(text, source="p.yaml", signal_names=SIGNALS, flag_names=FLAGS)
+    assert any(fragment in issue.message and issue.line == line for issue in caught.value.errors), (
+        str(caught.value)
+    )

@@ -99,7 +99,12 @@ class RaisingBackend:
         self.error = error
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
     ) -> Generation:
         raise self.error
 
@@ -124,12 +129,19 @@ class GatedBackend(ScriptedBackend):
         self.gate = threading.Event()
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
     ) -> Generation:
         self.entered.set()
         if not self.gate.wait(timeout=60):
             raise TimeoutError("the test never opened the gate")
-        return super().generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature)
+        return super().generate(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, probe=probe
+        )
 
 
 @pytest.fixture(scope="module")

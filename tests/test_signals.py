@@ -19,8 +19,10 @@ from guardrail.backends.transformers import token_stats_from_logits
 from guardrail.pipeline import Guardrail, load_policy_setting
 from guardrail.signals import (
     SIGNAL_NAMES,
+    TEXT_SIGNALS,
     SignalInputs,
     compute_signals,
+    compute_text_signals,
     confidence_gains,
     normalize_answer,
 )
@@ -287,19 +289,26 @@ def test_answer_in_passages(answer: str, texts: list[str], expected: float | Non
 # ---------------------------------------------------------------- missing inputs
 
 
-def test_every_signal_is_none_for_an_empty_answer_without_passages() -> None:
+def test_every_signal_but_the_length_is_none_for_an_empty_answer_without_passages() -> None:
     empty = TokenStats.empty()
     signals = compute_signals(
         SignalInputs(answer="", contextual=empty, parametric=empty, passages=[])
     )
     assert set(signals) == SIGNAL_NAMES
-    assert signals == dict.fromkeys(SIGNAL_NAMES)
+    assert signals == {**dict.fromkeys(SIGNAL_NAMES), "answer_tokens": 0.0}
 
 
-def test_every_signal_is_none_without_parametric_pass_or_answer() -> None:
+def test_abstain_logprob_passes_the_probe_through() -> None:
+    empty = TokenStats.empty()
+    signals = compute_signals(SignalInputs("", empty, None, [], abstain_logprob=-2.5))
+    assert signals["abstain_logprob"] == -2.5
+
+
+def test_every_signal_but_the_length_is_none_without_parametric_pass_or_answer() -> None:
     signals = compute_signals(
         SignalInputs(answer="", contextual=TokenStats.empty(), parametric=None, passages=[])
     )
+    assert signals.pop("answer_tokens") == 0.0
     assert all(value is None for value in signals.values())
 
 
@@ -345,3 +354,39 @@ def test_signals_end_to_end_through_guardrail_assess() -> None:
     assert assessed.confidence == approx(math.sqrt(0.5 * 0.25))
     assert assessed.flags == {}
     assert not assessed.abstained
+
+
+# ---------------------------------------------------------------- grounding signals
+
+TOWER = passage(
+    "t",
+    "The tower was finished in 1889. The bridges of Paris were built in 1920 by engineers.",
+)
+
+
+def test_question_overlap_counts_the_question_words_the_passages_hold() -> None:
+    # Content words: "when", "was", "the" and "in" are stop words; left: tower, finished, lyon.
+    x = SignalInputs(
+        "1889", TokenStats.empty(), None, [TOWER], question="When was the tower finished in Lyon?"
+    )
+    assert compute_signals(x)["question_overlap"] == approx(2 / 3)
+    plural = SignalInputs("x", TokenStats.empty(), None, [TOWER], question="Which towers?")
+    assert compute_signals(plural)["question_overlap"] == 1.0  # "towers" matches "tower"
+
+
+def test_answer_sentence_overlap_reads_the_sentence_that_holds_the_answer() -> None:
+    question = "When was the tower finished?"
+    right = SignalInputs("1889", TokenStats.empty(), None, [TOWER], question=question)
+    wrong = SignalInputs("1920", TokenStats.empty(), None, [TOWER], question=question)
+    absent = SignalInputs("1750", TokenStats.empty(), None, [TOWER], question=question)
+    assert compute_signals(right)["answer_sentence_overlap"] == 1.0
+    assert compute_signals(wrong)["answer_sentence_overlap"] == 0.0
+    assert compute_signals(absent)["answer_sentence_overlap"] is None
+
+
+def test_text_signals_need_no_model() -> None:
+    values = compute_text_signals("When was the tower finished?", "1889", [TOWER])
+    assert set(values) == TEXT_SIGNALS
+    assert values["answer_in_passages"] == 1.0
+    assert values["answer_sentence_overlap"] == 1.0
+    assert values["retrieval_top_score"] is None  # the passage has no score

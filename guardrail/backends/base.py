@@ -29,9 +29,15 @@ class GeneratorBackend(Protocol):
     chat: bool
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
     ) -> Generation:
-        """Decode a continuation of ``prompt`` up to the first newline."""
+        """Decode a continuation of ``prompt`` up to the first newline; with ``probe``, also
+        return ``log p(probe | prompt)`` (None where the backend cannot compute it)."""
         ...
 
     def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:

@@ -63,6 +63,13 @@ def token_stats_from_logits(
     )
 
 
+def _batched(entry: Any, n: int) -> Any:
+    """A cache entry repeated ``n`` times along the batch axis (non-tensors pass through)."""
+    if isinstance(entry, torch.Tensor) and entry.dim() == 4:
+        return entry.expand(n, *entry.shape[1:]).contiguous()
+    return entry
+
+
 class TransformersBackend:
     """A ``GeneratorBackend`` over a transformers model folder (loaded lazily, once)."""
 
@@ -208,15 +215,44 @@ class TransformersBackend:
         )
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
     ) -> Generation:
-        """Greedy (temperature 0) or sampled decoding up to the first newline or EOS."""
+        """Greedy (temperature 0) or sampled decoding up to the first newline or EOS.
+
+        ``probe``: also return the log-probability of this continuation right after the
+        prompt (``Generation.probe_logprob``), read from the prompt's cache in one short
+        extra pass.
+        """
         self.load()
         with self._lock:
-            return self._generate(prompt, max_new_tokens, temperature)
+            return self._generate(prompt, max_new_tokens, temperature, probe)
 
     @torch.inference_mode()
-    def _generate(self, prompt: str, max_new_tokens: int, temperature: float) -> Generation:
+    def _probe_logprob(self, cache: Any, first_logits: torch.Tensor, probe: str) -> float | None:
+        """log p(probe | prompt): the first token from the prompt's logits, the rest in one
+        pass over a copy-free fork of the prompt's cache (the original is not extended)."""
+        ids: list[int] = self._tokenizer(probe, add_special_tokens=False)["input_ids"]
+        if not ids:
+            return None
+        total = float(torch.log_softmax(first_logits.float(), dim=-1)[ids[0]])
+        if len(ids) > 1:
+            fork = DynamicCache(ddp_cache_data=tuple(cache), config=self._model.config)
+            out = self._model(
+                torch.tensor([ids[:-1]]), cache=fork, use_cache=True, logits_to_keep=len(ids) - 1
+            )
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+            total += float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        return total
+
+    @torch.inference_mode()
+    def _generate(
+        self, prompt: str, max_new_tokens: int, temperature: float, probe: str | None = None
+    ) -> Generation:
         start = time.perf_counter()
         prompt_ids = self._encode_prompt(prompt)
         model = self._model
@@ -225,6 +261,9 @@ class TransformersBackend:
         out = self._run_prompt(prompt, prompt_ids)
         cache = out.cache
         logits = out.logits[0, -1]
+        probe_start = time.perf_counter()
+        probe_logprob = self._probe_logprob(cache, logits, probe) if probe else None
+        probe_seconds = time.perf_counter() - probe_start
         rows: list[torch.Tensor] = []
         ids: list[int] = []
         finish: FinishReason = "length"
@@ -256,7 +295,52 @@ class TransformersBackend:
             prompt_tokens=len(prompt_ids),
             finish_reason=finish,
             seconds=time.perf_counter() - start,
+            probe_logprob=probe_logprob,
+            probe_seconds=probe_seconds,
         )
+
+    def sample(
+        self, prompt: str, n: int, *, temperature: float = 1.0, max_new_tokens: int = 32
+    ) -> list[str]:
+        """``n`` sampled continuations of ``prompt`` (each up to its first newline or EOS),
+        decoded as one batch over a single pass of the prompt."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if temperature <= 0:
+            raise ValueError(f"sampling needs a temperature above 0, got {temperature}")
+        self.load()
+        with self._lock:
+            return self._sample(prompt, n, temperature, max_new_tokens)
+
+    @torch.inference_mode()
+    def _sample(self, prompt: str, n: int, temperature: float, max_new_tokens: int) -> list[str]:
+        prompt_ids = self._encode_prompt(prompt)
+        model = self._model
+        out = self._run_prompt(prompt, prompt_ids)
+        layers = tuple(tuple(_batched(t, n) for t in layer) for layer in out.cache)
+        cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+        logits = out.logits[:, -1].expand(n, -1)
+        ids: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        stops = self._stop_ids | self._newline_ids
+        for _ in range(max_new_tokens):
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            chosen = torch.multinomial(probs, 1)[:, 0].tolist()
+            for i, tok in enumerate(chosen):
+                if done[i]:
+                    continue
+                if tok in stops:
+                    done[i] = True
+                else:
+                    ids[i].append(tok)
+            if all(done):
+                break
+            out = model(
+                torch.tensor(chosen)[:, None], cache=cache, use_cache=True, logits_to_keep=1
+            )
+            cache = out.cache
+            logits = out.logits[:, -1]
+        return [self._tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
 
     def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:
         """One teacher-forced pass: statistics of ``continuation`` after ``prompt``."""

@@ -1,0 +1,489 @@
+"""``guardrail eval`` and ``guardrail calibrate``: the measuring instrument on the command line.
+
+``calibrate`` runs the model over a seeded calibration split (cached), fits a calibrator,
+chooses the answer and hedge thresholds by risk control, and writes a calibrated policy YAML
+beside its calibrator JSON. ``eval`` runs a disjoint seeded test split and reports every
+signal, the sampling baseline and the calibrated confidence, with the policy's action mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from guardrail.calibration import CALIBRATORS, CG_FEATURES, DEFAULT_FEATURES, LogisticCalibrator
+from guardrail.config import GuardrailConfig
+from guardrail.errors import ConfigError
+from guardrail.evaluation.datasets import (
+    DATASETS,
+    SPLITS,
+    EvalItem,
+    load_items,
+    split_items,
+)
+from guardrail.evaluation.report import EvalReport, observation
+from guardrail.evaluation.runner import EvalRunner, Record, RecordCache
+from guardrail.pipeline import Guardrail, policy_path
+from guardrail.risk import METHODS, RiskControl, control_risk
+from policies import Action, Assessment, Policy, decide
+
+DEFAULT_DATA_DIR = Path("../shared/data")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``eval`` and ``calibrate``."""
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help=f"one of {', '.join(DATASETS)}, or a labelled .jsonl file",
+    )
+    p.add_argument("--setting", help="the dataset's setting (e.g. gold or open for squad2)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the sets")
+    p.add_argument("--n", type=int, default=300, help="questions in the split (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--top-k", type=int, help="passages retrieved in open settings")
+    p.add_argument("--max-passage-words", type=int, help="words of each passage shown to the model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--records",
+        type=Path,
+        help="folder of the cached model runs (default CACHE_DIR/eval/MODEL)",
+    )
+
+
+def _config(args: argparse.Namespace, base: GuardrailConfig) -> GuardrailConfig:
+    updates: dict[str, Any] = {}
+    if args.top_k is not None:
+        updates["top_k"] = args.top_k
+    if args.max_passage_words is not None:
+        updates["max_passage_words"] = args.max_passage_words
+    return base.model_copy(update=updates) if updates else base
+
+
+def _items(args: argparse.Namespace, split: str) -> tuple[list[EvalItem], str]:
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    items, setting = load_items(args.dataset, args.setting, args.data_dir)
+    return split_items(items, split, args.n, args.seed), setting
+
+
+def _runner(
+    config: GuardrailConfig, items: Sequence[EvalItem], args: argparse.Namespace
+) -> EvalRunner:
+    needs_index = any(item.open_retrieval for item in items)
+    guardrail = Guardrail.from_config(config, with_index=needs_index)
+    folder = args.records or config.cache_dir / "eval" / guardrail.backend.name
+    cache = RecordCache(folder)
+    return EvalRunner(guardrail, cache, progress=not args.no_progress)
+
+
+def _setting(
+    args: argparse.Namespace,
+    setting: str,
+    split: str,
+    config: GuardrailConfig,
+    runner: EvalRunner,
+    items: Sequence[EvalItem],
+) -> dict[str, Any]:
+    open_retrieval = any(item.open_retrieval for item in items)
+    return {
+        "dataset": args.dataset,
+        "setting": setting,
+        "split": split,
+        "seed": args.seed,
+        "n": args.n,
+        "model": runner.guardrail.backend.name,
+        "dtype": config.dtype,
+        "prompt": f"few-shot ({runner.settings['prompt']}), max {config.max_passage_words} "
+        "words per passage, greedy, stop at newline",
+        "retrieval": (
+            f"top-{config.top_k} over {config.resolved_index_dir()}"
+            if open_retrieval
+            else "passages given with each question"
+        ),
+        "correct": "token F1 >= 0.5 against a gold answer; for an unanswerable question, "
+        "not answering",
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def fit_calibrators(
+    records: Sequence[Record], kinds: Sequence[str], *, ablation: bool = True
+) -> dict[str, LogisticCalibrator]:
+    """Calibrators fitted on ``records``: each kind, and a logistic one without the
+    Confidence Gain / parametric signals (the ablation)."""
+    X = [observation(r) for r in records]
+    y = [r.outcome_correct for r in records]
+    fitted: dict[str, LogisticCalibrator] = {}
+    for kind in kinds:
+        fitted[kind] = CALIBRATORS[kind]().fit(X, y)
+    if ablation:
+        features = tuple(f for f in DEFAULT_FEATURES if f not in CG_FEATURES)
+        fitted[f"{kinds[0]} without CG"] = CALIBRATORS[kinds[0]](features).fit(X, y)
+    return fitted
+
+
+def risk_controls(
+    calibrator: LogisticCalibrator,
+    records: Sequence[Record],
+    *,
+    target_error: float,
+    delta: float,
+    method: str,
+) -> RiskControl:
+    """The answer threshold of ``calibrator`` certified on ``records``."""
+    probs = calibrator.predict_proba([observation(r) for r in records])
+    return control_risk(
+        probs,
+        [r.answer_correct for r in records],
+        target_error=target_error,
+        delta=delta,
+        method=method,
+        eligible=[not r.abstained for r in records],
+    )
+
+
+def policy_actions(
+    runner: EvalRunner,
+    items: Sequence[EvalItem],
+    records: Sequence[Record],
+    policy: Policy,
+    *,
+    escalate: bool = True,
+) -> tuple[list[str], list[Record]]:
+    """The policy's action for each record. An escalation is re-run on the target model and
+    scored on what it returns (that answer replaces the original); with ``escalate=False``
+    it counts as a defer."""
+    scorer = runner.guardrail.scorer
+    actions: list[str] = []
+    scored: list[Record] = []
+    for item, record in zip(items, records, strict=True):
+        confidence = scorer.confidence(record.signals, abstained=record.abstained)
+        decision = decide(
+            Assessment(confidence, dict(record.signals), frozenset(record.flags)), policy
+        )
+        if decision.action is Action.ESCALATE:
+            if escalate:
+                passages, _ = runner.passages_for(item)
+                assessed, decision = runner.guardrail.escalate(item.question, passages, decision)
+                if assessed is not None:
+                    record = replace(record, answer=assessed.answer, abstained=assessed.abstained)
+            else:
+                decision = replace(decision, action=Action.DEFER)
+        actions.append(decision.action.value)
+        scored.append(record)
+    return actions, scored
+
+
+def _policy_risk(policy: Policy, calibrator: LogisticCalibrator) -> RiskControl:
+    """The risk-control record a calibrated policy carries (its answer threshold)."""
+    stored = calibrator.metadata.get("answer")
+    if isinstance(stored, dict):
+        try:
+            return RiskControl(**stored)
+        except TypeError:
+            pass
+    assert policy.calibration is not None
+    return RiskControl(
+        target_error=policy.calibration.target_error,
+        delta=policy.calibration.delta,
+        method=policy.calibration.method,
+        feasible=True,
+        threshold=policy.thresholds.answer,
+        n_calibration=0,
+        answered=0,
+        errors=0,
+        coverage=float("nan"),
+        tested=0,
+        message="threshold read from the policy",
+    )
+
+
+def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
+    """``guardrail eval``."""
+    if args.fit_split == args.split:
+        raise ConfigError("--fit-split must differ from --split: never fit on the test data")
+    for flag, value in (("--target-error", args.target_error), ("--delta", args.delta)):
+        if not 0 < value < 1:
+            raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    if args.samples < 0:
+        raise ConfigError(f"--samples must be 0 (no baseline) or more, got {args.samples}")
+    config = _config(args, base)
+    test_items, setting = _items(args, args.split)
+    runner = _runner(config, test_items, args)
+    name = Path(args.dataset).name
+    records = runner.run(test_items, samples=args.samples, label=f"{name}/{setting}/{args.split}")
+    calibrators: dict[str, LogisticCalibrator] = {}
+    risks: dict[str, RiskControl] = {}
+    policy_file = policy_path(config.policy)
+    policy = runner.guardrail.policy
+    if args.fit_split:
+        fit_items, _ = _items(args, args.fit_split)
+        fit_records = runner.run(fit_items, label=f"{name}/{setting}/{args.fit_split} (fit)")
+        calibrators = fit_calibrators(fit_records, args.calibrator)
+        for name, calibrator in calibrators.items():
+            risks[name] = risk_controls(
+                calibrator,
+                fit_records,
+                target_error=args.target_error,
+                delta=args.delta,
+                method=args.method,
+            )
+    if policy.calibration is not None and isinstance(runner.guardrail.scorer, LogisticCalibrator):
+        calibrators[f"policy {policy.name}"] = runner.guardrail.scorer
+        risks[f"policy {policy.name}"] = _policy_risk(policy, runner.guardrail.scorer)
+    actions = None
+    if not args.no_policy:
+        actions, records = policy_actions(
+            runner, test_items, records, policy, escalate=not args.no_escalation
+        )
+    report = EvalReport(
+        setting={
+            **_setting(args, setting, args.split, config, runner, test_items),
+            "policy": f"{policy.name} ({policy_file.name})",
+            "fit_split": args.fit_split or "none",
+        },
+        records=records,
+        calibrators=calibrators,
+        risk=risks,
+        policy_actions=actions,
+    )
+    result = report.compute()
+    out = args.out or Path("reports") / f"{Path(args.dataset).stem}-{setting}-{args.split}"
+    written = report.write(out)
+    _print_summary(result)
+    print(f"report: {written[1]} (and {', '.join(p.name for p in written if p != written[1])})")
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.3f}"
+    )
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    summary = result["summary"]
+    print(
+        f"{result['setting']['dataset']}/{result['setting']['setting']} "
+        f"{result['setting']['split']}: n={summary['n']}, response accuracy "
+        f"{_fmt(summary['response_accuracy'])}"
+    )
+    best = max(
+        result["signals"].items(),
+        key=lambda kv: -1 if math.isnan(kv[1]["auroc"]) else kv[1]["auroc"],
+    )
+    print(f"  best single signal: {best[0]} AUROC {_fmt(best[1]['auroc'])}")
+    if "sampling_baseline" in result:
+        print(f"  sampling agreement AUROC {_fmt(result['sampling_baseline']['auroc'])}")
+    for name, block in result.get("calibrated", {}).items():
+        line = f"  calibrated ({name}) AUROC {_fmt(block['auroc'])}, ECE {_fmt(block['ece'])}"
+        rc = block.get("risk_control")
+        if rc:
+            line += (
+                f"; at target {rc['calibration']['target_error']}: test coverage "
+                f"{_fmt(rc['test_coverage'])}, error among answered "
+                f"{_fmt(rc['test_error_among_answered'])}"
+            )
+        print(line)
+    if "policy" in result:
+        policy = result["policy"]
+        print(
+            f"  policy: coverage {_fmt(policy['coverage'])}, error among answered "
+            f"{_fmt(policy['error_among_answered'])}, actions {policy['action_mix']}"
+        )
+
+
+def calibrated_policy(
+    base: Policy,
+    *,
+    name: str,
+    calibrator_file: str,
+    answer: RiskControl,
+    hedge: RiskControl | None,
+    fitted_on: str,
+) -> dict[str, Any]:
+    """The calibrated policy as YAML-ready data."""
+    rules: list[dict[str, Any]] = [
+        {
+            "name": "model-abstained",
+            "when": {"flag": "model_abstained"},
+            "action": "defer",
+            "reason": "the model itself found no answer in the passages",
+        },
+        {
+            "name": "no-passages",
+            "when": {"flag": "no_passages"},
+            "action": "defer",
+            "reason": "no passage was retrieved for this question",
+        },
+    ]
+    hedge_ok = hedge is not None and hedge.feasible and hedge.threshold is not None
+    t_answer: float = 1.0
+    t_hedge: float = 1.0
+    if answer.feasible and answer.threshold is not None:
+        t_answer = t_hedge = answer.threshold
+        if hedge is not None and hedge.feasible and hedge.threshold is not None:
+            t_hedge = min(hedge.threshold, t_answer)
+    elif hedge_ok and hedge is not None and hedge.threshold is not None:
+        rules.append(
+            {
+                "name": "calibrated-hedge-band",
+                "when": {"signal": "confidence", "ge": hedge.threshold},
+                "action": "hedge",
+                "reason": "no threshold certifies plain answers; this band certifies hedged ones",
+            }
+        )
+    else:
+        rules.insert(
+            0,
+            {
+                "name": "target-infeasible",
+                "when": {"signal": "confidence", "ge": 0.0},
+                "action": "defer",
+                "reason": answer.message,
+            },
+        )
+    actions = base.actions.model_dump(mode="json")
+    calibration: dict[str, Any] = {
+        "calibrator": calibrator_file,
+        "target_error": answer.target_error,
+        "delta": answer.delta,
+        "method": answer.method,
+        "fitted_on": fitted_on,
+    }
+    if hedge is not None:
+        calibration["hedge_target_error"] = hedge.target_error
+    return {
+        "version": 1,
+        "name": name,
+        "description": f"Calibrated thresholds: {answer.message}",
+        "thresholds": {"answer": t_answer, "hedge": t_hedge, "otherwise": "defer"},
+        "rules": rules,
+        "actions": actions,
+        "calibration": calibration,
+    }
+
+
+def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
+    """``guardrail calibrate``."""
+    for flag, value in (
+        ("--target-error", args.target_error),
+        ("--delta", args.delta),
+        ("--hedge-target-error", args.hedge_target_error),
+    ):
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    config = _config(args, base)
+    items, setting = _items(args, args.split)
+    runner = _runner(config, items, args)
+    records = runner.run(items, label=f"{Path(args.dataset).name}/{setting}/{args.split}")
+    kind = args.calibrator[0]
+    calibrator = fit_calibrators(records, [kind], ablation=False)[kind]
+    answer = risk_controls(
+        calibrator, records, target_error=args.target_error, delta=args.delta, method=args.method
+    )
+    hedge_target = args.hedge_target_error
+    if hedge_target is None:
+        hedge_target = min(2 * args.target_error, 0.5)
+    hedge = (
+        risk_controls(
+            calibrator, records, target_error=hedge_target, delta=args.delta, method=args.method
+        )
+        if hedge_target > args.target_error
+        else None
+    )
+    out = Path(args.out)
+    stem = out.with_suffix("") if out.suffix in (".yaml", ".yml") else out
+    policy_out = stem.with_suffix(".yaml")
+    calibrator_out = stem.parent / f"{stem.name}.calibrator.json"
+    fitted_on = (
+        f"{args.dataset}/{setting} split={args.split} seed={args.seed} n={args.n} "
+        f"model={runner.guardrail.backend.name} ({config.dtype}) "
+        f"prompt={runner.settings['prompt']} top_k={config.top_k} "
+        f"max_passage_words={config.max_passage_words}"
+    )
+    calibrator.metadata = {"fitted_on": fitted_on, "answer": answer.to_dict()}
+    calibrator.save(calibrator_out)
+    data = calibrated_policy(
+        runner.guardrail.policy,
+        name=stem.name,
+        calibrator_file=calibrator_out.name,
+        answer=answer,
+        hedge=hedge,
+        fitted_on=fitted_on,
+    )
+    header = (
+        f"# Written by `guardrail calibrate` on {datetime.date.today().isoformat()}.\n"
+        f"# Fitted on {fitted_on}.\n"
+        "# The thresholds were chosen by risk control (Learn then Test); see docs/calibration.md.\n"
+    )
+    policy_out.parent.mkdir(parents=True, exist_ok=True)
+    policy_out.write_text(header + yaml.safe_dump(data, sort_keys=False, width=100))
+    print(answer.message)
+    if hedge is not None:
+        print(f"hedge band (target {hedge.target_error:.0%}): {hedge.message}")
+    print(f"wrote {policy_out} and {calibrator_out}")
+    return 0 if answer.feasible else 3
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``eval`` and ``calibrate`` to the command line."""
+    p = sub.add_parser(
+        "eval", parents=[common], help="evaluate signals and calibration on a dataset"
+    )
+    add_eval_arguments(p)
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to report on")
+    p.add_argument(
+        "--fit-split",
+        choices=SPLITS,
+        help="also fit calibrators on this (other) split and report them on --split",
+    )
+    p.add_argument(
+        "--samples", type=int, default=0, help="sampling baseline: answers per question (e.g. 5)"
+    )
+    p.add_argument("--policy", help="policy to apply (a calibrated policy brings its calibrator)")
+    p.add_argument("--no-policy", action="store_true", help="skip the policy's action mix")
+    p.add_argument("--no-escalation", action="store_true", help="count escalations as defers")
+    p.add_argument("--out", type=Path, help="report folder (default reports/DATASET-SETTING-SPLIT)")
+    _risk_arguments(p)
+    p.set_defaults(command_func=cmd_eval)
+
+    p = sub.add_parser(
+        "calibrate",
+        parents=[common],
+        help="fit a calibrator and certified thresholds into a policy",
+    )
+    add_eval_arguments(p)
+    p.add_argument("--split", default="calibrate", choices=SPLITS, help="split to fit on")
+    p.add_argument("--policy", help="base policy whose actions the calibrated policy keeps")
+    p.add_argument(
+        "--out", required=True, help="output path stem: writes STEM.yaml and STEM.calibrator.json"
+    )
+    p.add_argument(
+        "--hedge-target-error", type=float, help="error target of the hedge band (default 2x)"
+    )
+    _risk_arguments(p)
+    p.set_defaults(command_func=cmd_calibrate)
+
+
+def _risk_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-error", type=float, default=0.1, help="alpha (default 0.1)")
+    p.add_argument("--delta", type=float, default=0.1, help="failure probability (default 0.1)")
+    p.add_argument("--method", choices=METHODS, default="binomial", help="risk-control p-value")
+    p.add_argument(
+        "--calibrator",
+        nargs="+",
+        choices=tuple(CALIBRATORS),
+        default=["logistic", "isotonic"],
+        help="calibrator kinds to fit (the first is used by calibrate)",
+    )

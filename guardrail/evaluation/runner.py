@@ -1,0 +1,334 @@
+"""Running a model over evaluation items, with every result cached.
+
+One ``Record`` per (item, model, prompt, retrieval): the answer, whether the model abstained,
+every signal, the token statistics and the timings, exactly as the pipeline's ``assess`` step
+measured them (the evaluation goes through the same code that serves users). Records are
+appended to a JSONL cache as they are made, keyed by a hash of the model, the prompt (a
+rendering of the prompt builder), the generation settings, the question and the passages'
+text, so an interrupted run resumes where it stopped and recalibrating or re-scoring never
+reruns the model. Sampling-baseline answers are cached the same way in a file of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from guardrail.backends.base import GeneratorBackend
+from guardrail.evaluation.datasets import EvalItem
+from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
+from guardrail.pipeline import Guardrail
+from guardrail.prompts import prompt_for
+from guardrail.signals import compute_text_signals, normalize_answer
+from guardrail.types import TokenStats
+from retrievers import Passage
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """One model's measured answer to one evaluation item."""
+
+    key: str
+    item_id: str
+    question: str
+    answers: tuple[str, ...]
+    unanswerable: bool
+    answer: str
+    abstained: bool
+    signals: dict[str, float | None]
+    timings: dict[str, float]
+    passage_ids: tuple[str, ...]
+    passage_scores: tuple[float | None, ...]
+    gold_retrieved: bool | None = None
+    flags: tuple[str, ...] = ()
+    samples: tuple[str, ...] | None = None
+    sample_seconds: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer_correct(self) -> bool:
+        """Whether the answer, were it given, would be right."""
+        return not self.abstained and answer_correct(self.answer, self.answers, self.unanswerable)
+
+    @property
+    def outcome_correct(self) -> bool:
+        """Whether the model's own response (answer or abstention) is right."""
+        return outcome_correct(
+            answered=not self.abstained,
+            prediction=self.answer,
+            answers=self.answers,
+            unanswerable=self.unanswerable,
+        )
+
+    @property
+    def f1(self) -> float:
+        """Token F1 of the answer (0 for an abstention or an unanswerable question)."""
+        if self.abstained or self.unanswerable:
+            return 0.0
+        return best_f1(self.answer, self.answers)
+
+    @property
+    def em(self) -> bool:
+        """Exact match of the answer."""
+        return (
+            not self.abstained and not self.unanswerable and exact_match(self.answer, self.answers)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """The inverse of ``to_json``."""
+        data = dict(data)
+        for name in ("answers", "passage_ids", "passage_scores", "flags"):
+            data[name] = tuple(data[name])
+        if data.get("samples") is not None:
+            data["samples"] = tuple(data["samples"])
+        return cls(**data)
+
+
+def _stats_json(stats: TokenStats | None) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    return {
+        "tokens": list(stats.tokens),
+        "logprobs": [round(x, 5) for x in stats.logprobs],
+        "entropies": [round(x, 5) for x in stats.entropies],
+    }
+
+
+class RecordCache:
+    """Append-only JSONL files of records and of sampling-baseline answers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.records_path = folder / "records.jsonl"
+        self.samples_path = folder / "samples.jsonl"
+        self._records = self._read(self.records_path)
+        self._samples = self._read(self.samples_path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interrupted run
+                if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
+                    found[data["key"]] = data
+        return found
+
+    def _append(self, path: Path, data: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+    def _put(
+        self, store: dict[str, dict[str, Any]], path: Path, key: str, data: dict[str, Any]
+    ) -> None:
+        data = {"version": CACHE_VERSION, "key": key, **data}
+        store[key] = data
+        self._append(path, data)
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The cached record for ``key``, if any."""
+        return self._records.get(key)
+
+    def put_record(self, key: str, data: dict[str, Any]) -> None:
+        """Store a record."""
+        self._put(self._records, self.records_path, key, data)
+
+    def samples(self, key: str) -> dict[str, Any] | None:
+        """The cached sampling-baseline answers for ``key``, if any."""
+        return self._samples.get(key)
+
+    def put_samples(self, key: str, data: dict[str, Any]) -> None:
+        """Store sampling-baseline answers."""
+        self._put(self._samples, self.samples_path, key, data)
+
+
+def prompt_fingerprint(backend: GeneratorBackend, max_passage_words: int) -> str:
+    """A short hash of how the prompt builder renders a fixed question and passage."""
+    prompts = prompt_for(backend, max_passage_words)
+    probe = Passage(id="p", text="A passage.", source="s")
+    text = "\x1e".join(
+        (prompts.contextual("A question?", [probe]), prompts.parametric("A question?"))
+    )
+    return hashlib.sha256((text + prompts.abstain_probe).encode()).hexdigest()[:16]
+
+
+def sampling_agreement(greedy: str, samples: Sequence[str], abstained: bool) -> float:
+    """Share of samples in the greedy answer's cluster (normalised exact match; all
+    abstentions form one cluster)."""
+    from guardrail.assessment import is_abstention
+
+    if not samples:
+        return 0.0
+    if abstained:
+        return sum(is_abstention(s) for s in samples) / len(samples)
+    target = normalize_answer(greedy)
+    return sum(normalize_answer(s) == target for s in samples) / len(samples)
+
+
+@dataclass
+class EvalRunner:
+    """Runs a ``Guardrail``'s generator over items, reading and filling the cache."""
+
+    guardrail: Guardrail
+    cache: RecordCache
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        config = self.guardrail.config
+        backend = self.guardrail.backend
+        self.settings = {
+            "model": backend.name,
+            "dtype": config.dtype,
+            "prompt": prompt_fingerprint(backend, config.max_passage_words),
+            "max_new_tokens": config.max_new_tokens,
+            "max_passage_words": config.max_passage_words,
+        }
+
+    def passages_for(self, item: EvalItem) -> tuple[list[Passage], float]:
+        """The item's own passages, or the retrieved top-k, and the retrieval seconds."""
+        if item.passages is not None:
+            return list(item.passages), 0.0
+        start = time.perf_counter()
+        found = self.guardrail.retrieve(item.question)
+        return found, time.perf_counter() - start
+
+    def key(self, item: EvalItem, passages: Sequence[Passage]) -> str:
+        """The cache key of an item with these passages under this runner's settings."""
+        payload = json.dumps(
+            {
+                **self.settings,
+                "question": item.question,
+                "passages": [[p.id, hashlib.sha1(p.text.encode()).hexdigest()] for p in passages],
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def run(
+        self,
+        items: Iterable[EvalItem],
+        *,
+        samples: int = 0,
+        temperature: float = 1.0,
+        label: str = "evaluating",
+    ) -> list[Record]:
+        """A record per item (from the cache where possible), with ``samples`` sampled
+        answers each for the sampling-consistency baseline when ``samples`` > 0."""
+        items = list(items)
+        records: list[Record] = []
+        bar = tqdm(items, desc=label, unit="q", disable=not self.progress, dynamic_ncols=True)
+        for item in bar:
+            passages, retrieve_seconds = self.passages_for(item)
+            key = self.key(item, passages)
+            data = self.cache.record(key)
+            if data is None:
+                data = self._measure(item, passages, retrieve_seconds)
+                self.cache.put_record(key, data)
+            # Text-only signals are recomputed from the stored answer: adding or changing one
+            # never reruns the model.
+            data = {
+                **data,
+                "signals": {
+                    **data["signals"],
+                    **compute_text_signals(item.question, data["answer"], passages),
+                },
+            }
+            record = self._record(key, item, data)
+            if samples > 0:
+                record = self._with_samples(record, item, passages, samples, temperature)
+            records.append(record)
+        return records
+
+    def _measure(
+        self, item: EvalItem, passages: Sequence[Passage], retrieve_seconds: float
+    ) -> dict[str, Any]:
+        guardrail = self.guardrail
+        assessed = guardrail.assess(guardrail.backend, item.question, passages)
+        gold = None
+        if item.open_retrieval and item.meta.get("gold_passage"):
+            wanted = item.meta["gold_passage"]
+            gold = any(p.id == wanted or p.id.startswith(wanted + "#") for p in passages)
+        return {
+            "answer": assessed.answer,
+            "abstained": assessed.abstained,
+            "signals": dict(assessed.signals),
+            "timings": {"retrieve": retrieve_seconds, **assessed.timings},
+            "passage_ids": [p.id for p in passages],
+            "passage_scores": [p.score for p in passages],
+            "gold_retrieved": gold,
+            "flags": sorted(assessed.flags),
+            "stats": {
+                "contextual": _stats_json(assessed.generation.stats),
+                "parametric": _stats_json(assessed.parametric),
+            },
+        }
+
+    def _record(self, key: str, item: EvalItem, data: dict[str, Any]) -> Record:
+        return Record(
+            key=key,
+            item_id=item.id,
+            question=item.question,
+            answers=item.answers,
+            unanswerable=item.unanswerable,
+            answer=data["answer"],
+            abstained=data["abstained"],
+            signals=data["signals"],
+            timings=data["timings"],
+            passage_ids=tuple(data["passage_ids"]),
+            passage_scores=tuple(data["passage_scores"]),
+            gold_retrieved=data.get("gold_retrieved"),
+            flags=tuple(data.get("flags", ())),
+            stats=data.get("stats") or {},
+        )
+
+    def _with_samples(
+        self,
+        record: Record,
+        item: EvalItem,
+        passages: Sequence[Passage],
+        n: int,
+        temperature: float,
+    ) -> Record:
+        key = f"{record.key}:{n}:{temperature}"
+        data = self.cache.samples(key)
+        if data is None:
+            backend = self.guardrail.backend
+            prompts = prompt_for(backend, self.guardrail.config.max_passage_words)
+            prompt = prompts.contextual(item.question, passages)
+            start = time.perf_counter()
+            sampler = getattr(backend, "sample", None)
+            max_new = self.guardrail.config.max_new_tokens
+            if callable(sampler):
+                answers = list(sampler(prompt, n, temperature=temperature, max_new_tokens=max_new))
+            else:
+                answers = [
+                    backend.generate(prompt, max_new_tokens=max_new, temperature=temperature).text
+                    for _ in range(n)
+                ]
+            data = {"samples": answers, "seconds": time.perf_counter() - start}
+            self.cache.put_samples(key, data)
+        return Record(
+            **{
+                **record.__dict__,
+                "samples": tuple(data["samples"]),
+                "sample_seconds": float(data["seconds"]),
+            }
+        )
