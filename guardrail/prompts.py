@@ -77,10 +77,16 @@ class FewShotPrompt:
 
     max_passage_words: int = 160
     abstain_probe: str = f" {ABSTAIN_WORD}"
+    examples: tuple[tuple[str, str, str], ...] = _EXAMPLES
+    """(context, question, answer) demonstrations; an answer of "unanswerable" teaches the
+    abstention."""
+    instruction: str = ""
+    """An optional first paragraph that states the task."""
 
     def contextual(self, question: str, passages: Sequence[Passage]) -> str:
         """Examples, then the passages as one context block, then the question."""
-        blocks = [f"Context: {c}\nQuestion: {q}\nAnswer: {a}" for c, q, a in _EXAMPLES]
+        blocks = [self.instruction] if self.instruction else []
+        blocks += [f"Context: {c}\nQuestion: {q}\nAnswer: {a}" for c, q, a in self.examples]
         context = (
             " ".join(passage_as_data(p.text, self.max_passage_words) for p in passages)
             or "(no documents)"
@@ -90,7 +96,7 @@ class FewShotPrompt:
 
     def parametric(self, question: str) -> str:
         """Closed-book examples (only the answerable ones), then the question."""
-        blocks = [f"Question: {q}\nAnswer: {a}" for _, q, a in _EXAMPLES if a != ABSTAIN_WORD]
+        blocks = [f"Question: {q}\nAnswer: {a}" for _, q, a in self.examples if a != ABSTAIN_WORD]
         blocks.append(f"Question: {_one_line(question)}\nAnswer:")
         return "\n\n".join(blocks)
 

@@ -20,9 +20,9 @@ first threshold that fails; the lowest threshold that passed is returned, which 
 coverage. A sequence that opened at the very top would stop at once (a handful of answered
 questions can never pass), so it opens at the first threshold answering at least
 ``start_answered(alpha, delta)`` calibration questions: the fewest at which an observed
-error of ``alpha / 2`` would pass. That starting point depends on the scores only, never on
-the labels, so the guarantee is kept. When no threshold passes, the result is infeasible and
-the policy must defer everything rather than pretend.
+error of ``alpha / 2`` would pass, and never fewer than 20. That starting point depends on
+the scores only, never on the labels, so the guarantee is kept. When no threshold passes,
+the result is infeasible and the policy must defer everything rather than pretend.
 """
 
 from __future__ import annotations
@@ -108,11 +108,16 @@ def min_answered(alpha: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-alpha))
 
 
+MIN_START = 20
+"""The sequence never opens on fewer answered questions than this: at the very top of the
+ranking a few unlucky errors would end it at once."""
+
+
 def start_answered(alpha: float, delta: float, method: str = "binomial") -> int:
     """Where the fixed sequence opens: the fewest answered questions at which an error
-    rate of ``alpha / 2`` passes the test (never fewer than ``min_answered``)."""
+    rate of ``alpha / 2`` passes the test, and at least ``MIN_START``."""
     pvalue = PVALUES[method]
-    n = min_answered(alpha, delta)
+    n = max(min_answered(alpha, delta), MIN_START)
     while pvalue(math.floor(n * alpha / 2), n, alpha) > delta:
         n += 1
     return n

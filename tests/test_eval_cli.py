@@ -40,6 +40,16 @@ def test_argument_errors_are_one_line_and_exit_2(
     assert "\n" not in err
 
 
+@pytest.mark.parametrize("value", ["0.1,x", "1.5", ""])
+def test_bad_sweep_targets_are_refused_by_argparse(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["eval", "--dataset", str(SMALL), "--sweep-targets", value])
+    assert caught.value.code == 2
+    assert "--sweep-targets" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     records = tmp_path / "records"
@@ -90,6 +100,13 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert result["policy"]["action_mix"] == {"defer": 1.0}  # the infeasible policy defers all
     assert result["summary"]["n"] == 2
     assert "cg_mean" in result["signals"]
+    sweep = result["risk_sweep"]
+    assert [row["target_error"] for row in sweep] == [0.1, 0.2, 0.3, 0.5, 0.7]
+    assert all(row["calibrator"] == "logistic" for row in sweep)
+    assert (
+        "fitted on 1 questions, thresholds certified on the other 1"
+        in (result["setting"]["fit_split"])
+    )
     for name in ("report.md", "risk_coverage.png", "reliability.png"):
         assert (report / name).stat().st_size > 0
     assert (report / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -104,7 +105,7 @@ def _setting(
         "prompt": f"few-shot ({runner.settings['prompt']}), max {config.max_passage_words} "
         "words per passage, greedy, stop at newline",
         "retrieval": (
-            f"top-{config.top_k} over {config.resolved_index_dir()}"
+            f"top-{config.top_k} over {_home(config.resolved_index_dir())}"
             if open_retrieval
             else "passages given with each question"
         ),
@@ -112,6 +113,34 @@ def _setting(
         "not answering",
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _home(path: Path) -> str:
+    """A path with the home directory written as ``~`` (reports are shared)."""
+    text, home = str(path), str(Path.home())
+    return "~" + text[len(home) :] if text.startswith(home) else text
+
+
+def fit_and_certify_parts(
+    items: Sequence[EvalItem], records: Sequence[Record], seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Cut the calibration records in two by group (paragraph), seeded: the calibrator is
+    fitted on the first part and its threshold certified on the second. A threshold
+    certified on the data its calibrator was fitted on would see optimistic, in-sample
+    scores, and the guarantee would not hold."""
+    groups = sorted({item.group or item.id for item in items})
+    random.Random(f"certify:{seed}").shuffle(groups)
+    fit_groups = set(groups[: len(groups) // 2])
+    fit = [r for i, r in zip(items, records, strict=True) if (i.group or i.id) in fit_groups]
+    certify = [
+        r for i, r in zip(items, records, strict=True) if (i.group or i.id) not in fit_groups
+    ]
+    if not fit or not certify:
+        raise ConfigError(
+            f"{len(records)} calibration questions cannot be cut into a part to fit on and a "
+            "part to certify on; use a larger --n"
+        )
+    return fit, certify
 
 
 def fit_calibrators(
@@ -222,38 +251,67 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
     records = runner.run(test_items, samples=args.samples, label=f"{name}/{setting}/{args.split}")
     calibrators: dict[str, LogisticCalibrator] = {}
     risks: dict[str, RiskControl] = {}
+    sweep: list[tuple[str, RiskControl]] = []
+    fit_records: list[Record] = []
+    certify_records: list[Record] = []
     policy_file = policy_path(config.policy)
     policy = runner.guardrail.policy
     if args.fit_split:
         fit_items, _ = _items(args, args.fit_split)
-        fit_records = runner.run(fit_items, label=f"{name}/{setting}/{args.fit_split} (fit)")
+        calibration_records = runner.run(
+            fit_items, label=f"{name}/{setting}/{args.fit_split} (calibration)"
+        )
+        fit_records, certify_records = fit_and_certify_parts(
+            fit_items, calibration_records, args.seed
+        )
         calibrators = fit_calibrators(fit_records, args.calibrator)
-        for name, calibrator in calibrators.items():
-            risks[name] = risk_controls(
+        for kind, calibrator in calibrators.items():
+            risks[kind] = risk_controls(
                 calibrator,
-                fit_records,
+                certify_records,
                 target_error=args.target_error,
                 delta=args.delta,
                 method=args.method,
             )
+        first = args.calibrator[0]
+        sweep = [
+            (
+                first,
+                risk_controls(
+                    calibrators[first],
+                    certify_records,
+                    target_error=target,
+                    delta=args.delta,
+                    method=args.method,
+                ),
+            )
+            for target in args.sweep_targets
+        ]
     if policy.calibration is not None and isinstance(runner.guardrail.scorer, LogisticCalibrator):
         calibrators[f"policy {policy.name}"] = runner.guardrail.scorer
         risks[f"policy {policy.name}"] = _policy_risk(policy, runner.guardrail.scorer)
-    actions = None
+    actions, policy_records = None, None
     if not args.no_policy:
-        actions, records = policy_actions(
+        actions, policy_records = policy_actions(
             runner, test_items, records, policy, escalate=not args.no_escalation
         )
     report = EvalReport(
         setting={
             **_setting(args, setting, args.split, config, runner, test_items),
             "policy": f"{policy.name} ({policy_file.name})",
-            "fit_split": args.fit_split or "none",
+            "fit_split": (
+                f"{args.fit_split}: calibrators fitted on {len(fit_records)} questions, "
+                f"thresholds certified on the other {len(certify_records)} (disjoint paragraphs)"
+                if args.fit_split
+                else "none"
+            ),
         },
         records=records,
         calibrators=calibrators,
         risk=risks,
+        sweep=sweep,
         policy_actions=actions,
+        policy_records=policy_records,
     )
     result = report.compute()
     out = args.out or Path("reports") / f"{Path(args.dataset).stem}-{setting}-{args.split}"
@@ -387,17 +445,26 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
     items, setting = _items(args, args.split)
     runner = _runner(config, items, args)
     records = runner.run(items, label=f"{Path(args.dataset).name}/{setting}/{args.split}")
+    fit_records, certify_records = fit_and_certify_parts(items, records, args.seed)
     kind = args.calibrator[0]
-    calibrator = fit_calibrators(records, [kind], ablation=False)[kind]
+    calibrator = fit_calibrators(fit_records, [kind], ablation=False)[kind]
     answer = risk_controls(
-        calibrator, records, target_error=args.target_error, delta=args.delta, method=args.method
+        calibrator,
+        certify_records,
+        target_error=args.target_error,
+        delta=args.delta,
+        method=args.method,
     )
     hedge_target = args.hedge_target_error
     if hedge_target is None:
         hedge_target = min(2 * args.target_error, 0.5)
     hedge = (
         risk_controls(
-            calibrator, records, target_error=hedge_target, delta=args.delta, method=args.method
+            calibrator,
+            certify_records,
+            target_error=hedge_target,
+            delta=args.delta,
+            method=args.method,
         )
         if hedge_target > args.target_error
         else None
@@ -408,6 +475,7 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
     calibrator_out = stem.parent / f"{stem.name}.calibrator.json"
     fitted_on = (
         f"{args.dataset}/{setting} split={args.split} seed={args.seed} n={args.n} "
+        f"(fitted on {len(fit_records)}, certified on {len(certify_records)}) "
         f"model={runner.guardrail.backend.name} ({config.dtype}) "
         f"prompt={runner.settings['prompt']} top_k={config.top_k} "
         f"max_passage_words={config.max_passage_words}"
@@ -455,6 +523,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-policy", action="store_true", help="skip the policy's action mix")
     p.add_argument("--no-escalation", action="store_true", help="count escalations as defers")
     p.add_argument("--out", type=Path, help="report folder (default reports/DATASET-SETTING-SPLIT)")
+    p.add_argument(
+        "--sweep-targets",
+        type=_targets,
+        default=(0.1, 0.2, 0.3, 0.5, 0.7),
+        help="error targets to certify and check, comma-separated (default 0.1,0.2,0.3,0.5,0.7)",
+    )
     _risk_arguments(p)
     p.set_defaults(command_func=cmd_eval)
 
@@ -474,6 +548,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     _risk_arguments(p)
     p.set_defaults(command_func=cmd_calibrate)
+
+
+def _targets(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.1,0.2, got {text!r}"
+        ) from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every target must be between 0 and 1, got {text!r}")
+    return values
 
 
 def _risk_arguments(p: argparse.ArgumentParser) -> None:

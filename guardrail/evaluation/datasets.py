@@ -88,13 +88,21 @@ def _passage(pid: str, text: str, source: str, title: str = "") -> Passage:
 # -- loaders ---------------------------------------------------------------------------------
 def load_squad2(data_dir: Path, setting: str) -> list[EvalItem]:
     """SQuAD 2.0 dev: ``gold`` gives each question its paragraph; ``open`` retrieves."""
-    folder = data_dir / "squad2_dev"
+    return _squad(data_dir / "squad2_dev", setting, "squad2")
+
+
+def load_squad11(data_dir: Path, setting: str) -> list[EvalItem]:
+    """SQuAD 1.1 dev (every question answerable): ``gold`` paragraph or ``open`` retrieval."""
+    return _squad(data_dir / "squad11_dev", setting, "squad11")
+
+
+def _squad(folder: Path, setting: str, prefix: str) -> list[EvalItem]:
     contexts = {c["context_id"]: c for c in _jsonl(folder / "contexts.jsonl")}
     items = []
     for q in _jsonl(folder / "questions.jsonl"):
         ctx = contexts[q["context_id"]]
         passages = (
-            (_passage(f"squad2:{ctx['context_id']}", ctx["text"], "squad2_dev", ctx["title"]),)
+            (_passage(f"{prefix}:{ctx['context_id']}", ctx["text"], folder.name, ctx["title"]),)
             if setting == "gold"
             else None
         )
@@ -103,7 +111,7 @@ def load_squad2(data_dir: Path, setting: str) -> list[EvalItem]:
                 id=str(q["id"]),
                 question=q["question"],
                 answers=tuple(q["answers"]),
-                unanswerable=bool(q["is_impossible"]),
+                unanswerable=bool(q.get("is_impossible", False)),
                 passages=passages,
                 group=str(q["context_id"]),
                 meta={"gold_passage": str(q["context_id"])},
@@ -232,6 +240,7 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("squad2", ("gold", "open"), "SQuAD 2.0 dev, half unanswerable", load_squad2),
+        DatasetSpec("squad11", ("gold", "open"), "SQuAD 1.1 dev, all answerable", load_squad11),
         DatasetSpec(
             "selfaware", ("open", "closed"), "SelfAware unknowable questions", load_selfaware
         ),

@@ -102,7 +102,9 @@ class EvalReport:
     records: list[Record]
     calibrators: dict[str, LogisticCalibrator] = field(default_factory=dict)
     risk: dict[str, RiskControl] = field(default_factory=dict)
+    sweep: list[tuple[str, RiskControl]] = field(default_factory=list)
     policy_actions: list[str] | None = None
+    policy_records: list[Record] | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
     def compute(self) -> dict[str, Any]:
@@ -174,11 +176,39 @@ class EvalReport:
                         "target_met": error <= risk.target_error,
                     }
                 out["calibrated"][name] = block
+        if self.sweep:
+            out["risk_sweep"] = self._sweep(right, abstained)
         out["cost"] = self._cost()
         if self.policy_actions is not None:
-            out["policy"] = self._policy_block(right, unanswerable)
+            scored = self.policy_records or records
+            out["policy"] = self._policy_block(
+                np.array([r.answer_correct for r in scored]), unanswerable
+            )
         self.result = out
         return out
+
+    def _sweep(self, right: np.ndarray, abstained: np.ndarray) -> list[dict[str, Any]]:
+        observations = [observation(r) for r in self.records]
+        rows = []
+        for name, risk in self.sweep:
+            probs = self.calibrators[name].predict_proba(observations)
+            coverage, error, answered = realised(probs, right, risk.threshold, ~abstained)
+            rows.append(
+                {
+                    "calibrator": name,
+                    "target_error": risk.target_error,
+                    "delta": risk.delta,
+                    "feasible": risk.feasible,
+                    "threshold": risk.threshold,
+                    "calibration_coverage": risk.coverage,
+                    "calibration_error": risk.errors / risk.answered if risk.answered else None,
+                    "test_coverage": coverage,
+                    "test_answered": answered,
+                    "test_error_among_answered": error,
+                    "target_met": error <= risk.target_error,
+                }
+            )
+        return rows
 
     def _cost(self) -> dict[str, Any]:
         def median(key: str) -> float:
@@ -377,6 +407,29 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
                 f"{_f(rc['test_error_among_answered'])} ({rc['test_answered']} answered) | "
                 f"{rc['target_met']} |"
             )
+    if result.get("risk_sweep"):
+        lines += [
+            "",
+            "## Certified coverage at other targets",
+            "",
+            "The same calibrator's threshold certified on the calibration split at each target "
+            "error (same delta), and what it gives on this split.",
+            "",
+            "| target error | feasible | threshold | calibration coverage | test coverage | "
+            "test error among answered | met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for entry in result["risk_sweep"]:
+            cells = [
+                str(entry["target_error"]),
+                str(entry["feasible"]),
+                _f(entry["threshold"], 4),
+                _f(entry["calibration_coverage"]),
+                _f(entry["test_coverage"]),
+                f"{_f(entry['test_error_among_answered'])} ({entry['test_answered']} answered)",
+                str(entry["target_met"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     if "policy" in result:
         policy = result["policy"]
         lines += ["", "## Policy", ""]
