@@ -106,6 +106,10 @@ class EvalReport:
     policy_actions: list[str] | None = None
     policy_records: list[Record] | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    """Every single score (oriented signals, sampling agreement), computed once."""
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each calibrator's probabilities on the records, computed once."""
 
     def compute(self) -> dict[str, Any]:
         """Fill ``result`` and return it."""
@@ -145,12 +149,14 @@ class EvalReport:
             values = [r.signals.get(name) for r in records]
             if all(v is None for v in values):
                 continue
-            signals[name] = score_block(_oriented(values, direction), records)
+            self.curves[name] = _oriented(values, direction)
+            signals[name] = score_block(self.curves[name], records)
         out: dict[str, Any] = {"setting": self.setting, "summary": summary, "signals": signals}
         if all(r.samples is not None for r in records):
             agreement = np.array(
                 [sampling_agreement(r.answer, r.samples or (), r.abstained) for r in records]
             )
+            self.curves["sampling agreement"] = agreement
             out["sampling_baseline"] = {
                 "samples": len(records[0].samples or ()),
                 **score_block(agreement, records),
@@ -159,7 +165,7 @@ class EvalReport:
             out["calibrated"] = {}
             observations = [observation(r) for r in records]
             for name, calibrator in self.calibrators.items():
-                probs = calibrator.predict_proba(observations)
+                probs = self.probabilities[name] = calibrator.predict_proba(observations)
                 block = score_block(probs, records, probabilities=True)
                 block["features"] = list(calibrator.features)
                 block["kind"] = calibrator.kind
@@ -188,10 +194,9 @@ class EvalReport:
         return out
 
     def _sweep(self, right: np.ndarray, abstained: np.ndarray) -> list[dict[str, Any]]:
-        observations = [observation(r) for r in self.records]
         rows = []
         for name, risk in self.sweep:
-            probs = self.calibrators[name].predict_proba(observations)
+            probs = self.probabilities[name]
             coverage, error, answered = realised(probs, right, risk.threshold, ~abstained)
             rows.append(
                 {
@@ -276,21 +281,8 @@ class EvalReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = self.records
-        outcome = np.array([r.outcome_correct for r in records])
-        curves: dict[str, np.ndarray] = {}
-        for name, direction in DIRECTIONS.items():
-            values = [r.signals.get(name) for r in records]
-            if any(v is not None for v in values):
-                curves[name] = _oriented(values, direction)
-        if "sampling_baseline" in self.result:
-            curves["sampling agreement"] = np.array(
-                [sampling_agreement(r.answer, r.samples or (), r.abstained) for r in records]
-            )
-        observations = [observation(r) for r in records]
-        calibrated = {
-            name: cal.predict_proba(observations) for name, cal in self.calibrators.items()
-        }
+        outcome = np.array([r.outcome_correct for r in self.records])
+        curves, calibrated = self.curves, self.probabilities
         paths = []
         fig, ax = plt.subplots(figsize=(7, 5))
         for name, scores in curves.items():

@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from guardrail.assessment import is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
@@ -173,8 +174,6 @@ def prompt_fingerprint(backend: GeneratorBackend, max_passage_words: int) -> str
 def sampling_agreement(greedy: str, samples: Sequence[str], abstained: bool) -> float:
     """Share of samples in the greedy answer's cluster (normalised exact match; all
     abstentions form one cluster)."""
-    from guardrail.assessment import is_abstention
-
     if not samples:
         return 0.0
     if abstained:
