@@ -28,8 +28,12 @@ class GuardrailConfig(BaseSettings):
     """Converted models and the default index live here."""
     index_dir: Path | None = None
     """The passage index to search; default ``<cache_dir>/index/default``."""
-    policy: str = "default"
-    """A bundled policy name (default, strict) or a path to a policy YAML file."""
+    policy: str = "balanced"
+    """A bundled policy name (balanced, strict, lenient, support-bot) or a policy YAML path."""
+    shadow_policy: str | None = None
+    """A second policy decided on every answer and recorded, never enforced (to compare)."""
+    decision_log: Path | None = None
+    """Append every decision record to this JSON Lines file."""
     generator: str = "gemma-3-270m"
     """The local model that answers."""
     escalation_targets: dict[str, str] = Field(

@@ -16,38 +16,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
-from guardrail.assessment import FLAG_NAMES, FlagRules, HeuristicConfidence, is_abstention
+from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.backends.transformers import TransformersBackend
 from guardrail.config import GuardrailConfig
+from guardrail.decision_log import DecisionLog
 from guardrail.errors import ConfigError, GuardrailError, QuestionError
 from guardrail.models import model_spec, prepare_model
+from guardrail.policy_runtime import (
+    ConfidenceScorer,
+    PolicyRuntime,
+    load_policies,
+    policy_path,
+    scorer_for,
+)
 from guardrail.prompts import prompt_for
-from guardrail.render import render
-from guardrail.signals import SIGNAL_NAMES, SignalInputs, compute_signals
+from guardrail.render import citations, cited_passages, render
+from guardrail.signals import SignalInputs, compute_signals
 from guardrail.types import Generation, Response, TokenStats
-from policies import Action, Assessment, Decision, Policy, bundled_policy_path, decide, load_policy
+from policies import Action, Assessment, Decision, Policy, decide
+from policies.escalation import EscalationLedger, TargetFailed, run_chain
+from policies.loader import PolicySet
 from retrievers import PassageIndex, SentenceTransformerEmbedder
 from retrievers.types import Passage
 
 BackendFactory = Callable[[], GeneratorBackend]
-
-
-class ConfidenceScorer(Protocol):
-    """Turns one response's signals into its confidence (a heuristic or a calibrator)."""
-
-    @property
-    def method(self) -> str:
-        """How the confidence is computed, recorded with each response."""
-        ...
-
-    def confidence(self, signals: Mapping[str, float | None], *, abstained: bool) -> float:
-        """The confidence in [0, 1]."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -69,38 +66,15 @@ class Assessed:
         return Assessment(self.confidence, dict(self.signals), frozenset(self.flags))
 
 
-def policy_path(value: str) -> Path:
-    """The file of a bundled policy name or of a policy path."""
-    path = Path(value)
-    if value.endswith((".yaml", ".yml")) or path.exists():
-        if not path.exists():
-            raise ConfigError(f"policy file {value} does not exist")
-        return path
-    return Path(str(bundled_policy_path(value)))
-
-
 def load_policy_setting(value: str) -> Policy:
-    """A bundled policy by name, or a policy file by path."""
-    return load_policy(policy_path(value), signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+    """The base policy of a bundled policy name or a policy file path."""
+    return load_policies(policy_path(value)).base
 
 
 def policy_scorer(policy: Policy, policy_file: Path) -> ConfidenceScorer:
     """The policy's calibrator (its path is relative to the policy file), or the documented
     heuristic when the policy names none."""
-    if policy.calibration is None:
-        return HeuristicConfidence()
-    from guardrail.calibration import load_calibrator
-
-    path = Path(policy.calibration.calibrator)
-    if not path.is_absolute():
-        path = policy_file.parent / path
-    calibrator = load_calibrator(path)
-    unknown = sorted(set(calibrator.features) - SIGNAL_NAMES)
-    if unknown:
-        raise ConfigError(
-            f"calibrator {path} reads signals this version does not measure: {', '.join(unknown)}"
-        )
-    return calibrator
+    return scorer_for(policy, policy_file.parent)
 
 
 def local_backend(config: GuardrailConfig, model: str) -> GeneratorBackend:
@@ -143,21 +117,41 @@ class Guardrail:
         self,
         *,
         backend: GeneratorBackend,
-        policy: Policy,
+        policy: Policy | PolicySet | PolicyRuntime,
         index: PassageIndex | None = None,
         escalation: Mapping[str, BackendFactory] | None = None,
         config: GuardrailConfig | None = None,
         flag_rules: FlagRules | None = None,
         confidence: ConfidenceScorer | None = None,
+        shadow: Policy | PolicySet | PolicyRuntime | None = None,
+        decision_log: DecisionLog | None = None,
+        ledger: EscalationLedger | None = None,
     ) -> None:
         self.backend = backend
-        self.policy = policy
+        self.policies = _runtime(policy, confidence)
+        self.shadow = _runtime(shadow, None) if shadow is not None else None
         self.index = index
         self.config = config or GuardrailConfig()
         self.flag_rules = flag_rules or FlagRules()
-        self.scorer: ConfidenceScorer = confidence or HeuristicConfidence()
+        self.decision_log = decision_log
+        self.ledger = ledger or EscalationLedger()
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
+
+    @property
+    def policy(self) -> Policy:
+        """The base policy in force (tenants may override it: see :meth:`policy_for`)."""
+        return self.policies.current.policy_for(None)
+
+    @property
+    def scorer(self) -> ConfidenceScorer:
+        """The confidence scorer of the base policy."""
+        current = self.policies.current
+        return current.scorer(current.policy_for(None))
+
+    def policy_for(self, tenant: str | None) -> Policy:
+        """The policy in force for ``tenant`` (the base policy for ``None``)."""
+        return self.policies.current.policy_for(tenant)
 
     @classmethod
     def from_config(
@@ -170,9 +164,8 @@ class Guardrail:
         surface before any model is prepared.
         """
         config = config or GuardrailConfig()
-        policy_file = policy_path(config.policy)
-        policy = load_policy(policy_file, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
-        scorer = policy_scorer(policy, policy_file)
+        policies = PolicyRuntime.from_setting(config.policy)
+        shadow = PolicyRuntime.from_setting(config.shadow_policy) if config.shadow_policy else None
         index = (
             PassageIndex.load(config.resolved_index_dir(), SentenceTransformerEmbedder())
             if with_index
@@ -180,11 +173,12 @@ class Guardrail:
         )
         return cls(
             backend=local_backend(config, config.generator),
-            policy=policy,
+            policy=policies,
             index=index,
             escalation=escalation_factories(config),
             config=config,
-            confidence=scorer,
+            shadow=shadow,
+            decision_log=DecisionLog(config.decision_log) if config.decision_log else None,
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -199,9 +193,15 @@ class Guardrail:
         return self.index.search(question, k=self.config.top_k)
 
     def assess(
-        self, backend: GeneratorBackend, question: str, passages: Sequence[Passage]
+        self,
+        backend: GeneratorBackend,
+        question: str,
+        passages: Sequence[Passage],
+        scorer: ConfidenceScorer | None = None,
     ) -> Assessed:
-        """Generate with passages, score without them, and measure."""
+        """Generate with passages, score without them, and measure (the confidence with
+        ``scorer``, by default the base policy's)."""
+        scorer = scorer or self.scorer
         prompts = prompt_for(backend, self.config.max_passage_words)
         generation = backend.generate(
             prompts.contextual(question, passages),
@@ -241,7 +241,7 @@ class Guardrail:
             abstained=abstained,
             signals=signals,
             flags=flags,
-            confidence=self.scorer.confidence(signals, abstained=abstained),
+            confidence=scorer.confidence(signals, abstained=abstained),
             timings={
                 "generate": generation.seconds - generation.probe_seconds,
                 "abstain_probe": generation.probe_seconds,
@@ -261,73 +261,102 @@ class Guardrail:
         return self._escalation_backends[target]
 
     def escalate(
-        self, question: str, passages: Sequence[Passage], first: Decision
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        first: Decision,
+        *,
+        policy: Policy | None = None,
+        first_answered: bool = True,
     ) -> tuple[Assessed | None, Decision]:
-        """Try the policy's escalation targets in order; defer when none gives an answer."""
-        reasons = list(first.reasons)
-        for target in self.policy.actions.escalate.targets:
+        """Follow the policy's escalation chain (order, budgets, fallback; see
+        :func:`policies.escalation.run_chain`). The assessed answer of the target that was
+        accepted, or ``None`` when the chain fell back, and the final decision."""
+        policy = policy or self.policy
+        scorer = self.policies.current.scorer(policy)
+
+        def attempt(target: str) -> tuple[Assessed, Decision]:
             try:
                 backend = self._escalation_backend(target)
-                assessed = self.assess(backend, question, passages)
+                assessed = self.assess(backend, question, passages, scorer)
             except GuardrailError as exc:
-                reasons.append(f"escalation target {target!r} failed: {exc}")
-                continue
-            decision = decide(assessed.assessment(), self.policy)
-            if decision.action in (Action.ANSWER, Action.HEDGE):
-                why = f"escalated to {backend.name}: " + "; ".join(reasons)
-                return assessed, replace(decision, reasons=(why, *decision.reasons))
-            reasons.append(
-                f"escalation target {target!r} ({backend.name}) was not confident either "
-                f"(confidence {assessed.confidence:.2f}; {'; '.join(decision.reasons)})"
-            )
-        fallback = Decision(
-            action=Action.DEFER,
-            rule="escalation:exhausted",
-            reasons=(*reasons, "no escalation target produced an answer the policy accepts"),
-            policy_name=first.policy_name,
-            policy_hash=first.policy_hash,
-        )
-        return None, fallback
+                raise TargetFailed(str(exc)) from None
+            return assessed, decide(assessed.assessment(), policy)
+
+        chain = run_chain(first, policy, attempt, self.ledger, first_answered=first_answered)
+        return chain.result, chain.decision
 
     # -- the whole thing -------------------------------------------------------------------
-    def ask(self, question: str, *, passages: Sequence[Passage] | None = None) -> Response:
-        """Answer, hedge, defer or escalate one question, with the full decision record."""
+    def ask(
+        self,
+        question: str,
+        *,
+        passages: Sequence[Passage] | None = None,
+        tenant: str | None = None,
+    ) -> Response:
+        """Answer, hedge, defer or escalate one question, with the full decision record.
+
+        ``tenant`` picks the tenant's policy from the policy file (the base policy when the
+        file has no overrides for it). In shadow mode the decision is recorded but the
+        model's answer passes through unchanged.
+        """
         question = self.check_question(question)
+        loaded = self.policies.current
+        policy = loaded.policy_for(tenant)
+        scorer = loaded.scorer(policy)
         start = time.perf_counter()
         found = list(passages) if passages is not None else self.retrieve(question)
         retrieve_seconds = time.perf_counter() - start
-        assessed = self.assess(self.backend, question, found)
-        decision = decide(assessed.assessment(), self.policy)
+        assessed = self.assess(self.backend, question, found, scorer)
+        decision = decide(assessed.assessment(), policy)
+        self.ledger.record_decision(policy.name)
+        shadow_mode = policy.mode == "shadow"
         escalated = False
-        if decision.action is Action.ESCALATE:
-            escalated_result, decision = self.escalate(question, found, decision)
+        if decision.action is Action.ESCALATE and not shadow_mode:
+            escalated_result, decision = self.escalate(
+                question,
+                found,
+                decision,
+                policy=policy,
+                first_answered=not assessed.abstained,
+            )
             if escalated_result is not None:
                 assessed, escalated = escalated_result, True
         parametric_answer = None
-        if "knowledge_conflict" in assessed.flags and decision.action is not Action.DEFER:
+        if (
+            "knowledge_conflict" in assessed.flags
+            and decision.action is not Action.DEFER
+            and not shadow_mode
+        ):
             # Only on a conflict: name what the model would say without the documents.
             prompts = prompt_for(assessed.backend, self.config.max_passage_words)
             parametric_answer = assessed.backend.generate(
                 prompts.parametric(question), max_new_tokens=self.config.max_new_tokens
             ).text
-        text, cited = render(
-            action=decision.action,
-            question=question,
-            answer=assessed.answer,
-            confidence=assessed.confidence,
-            passages=found,
-            decision=decision,
-            policy=self.policy,
-            flag_details=assessed.flags,
-            parametric_answer=parametric_answer,
-        )
-        return Response(
+        if shadow_mode:
+            # The answer passes through as the model gave it; the decision is only recorded.
+            text, cited = assessed.answer, citations(cited_passages(assessed.answer, found))
+            action = Action.ANSWER
+        else:
+            text, cited = render(
+                action=decision.action,
+                question=question,
+                answer=assessed.answer,
+                confidence=assessed.confidence,
+                passages=found,
+                decision=decision,
+                policy=policy,
+                flag_details=assessed.flags,
+                parametric_answer=parametric_answer,
+            )
+            action = decision.action
+        response = Response(
             question=question,
             text=text,
-            action=decision.action.value,
+            action=action.value,
             answer=assessed.answer,
             confidence=assessed.confidence,
-            confidence_method=self.scorer.method,
+            confidence_method=loaded.scorer(policy).method,
             signals=dict(assessed.signals),
             flags=tuple(sorted(assessed.flags)),
             flag_details=dict(assessed.flags),
@@ -344,4 +373,33 @@ class Guardrail:
                 **assessed.timings,
                 "total": time.perf_counter() - start,
             },
+            tenant=tenant,
+            mode=policy.mode,
+            policy_action=decision.action.value,
+            shadow=self._shadow_decision(assessed, tenant),
         )
+        if self.decision_log is not None:
+            self.decision_log.append(response.to_dict())
+        return response
+
+    def _shadow_decision(self, assessed: Assessed, tenant: str | None) -> dict[str, Any] | None:
+        """What the shadow policy (if one is configured) would have done with this answer."""
+        if self.shadow is None:
+            return None
+        loaded = self.shadow.current
+        policy = loaded.policy_for(tenant)
+        confidence = loaded.scorer(policy).confidence(
+            assessed.signals, abstained=assessed.abstained
+        )
+        decision = decide(
+            Assessment(confidence, dict(assessed.signals), frozenset(assessed.flags)), policy
+        )
+        return {**decision.to_dict(), "confidence": confidence}
+
+
+def _runtime(
+    policy: Policy | PolicySet | PolicyRuntime, scorer: ConfidenceScorer | None
+) -> PolicyRuntime:
+    if isinstance(policy, PolicyRuntime):
+        return policy
+    return PolicyRuntime.from_policy(policy, scorer)

@@ -60,17 +60,38 @@ def render(
         if action is Action.ANSWER:
             text = f"{answer}\n\n{sources}" if sources else answer
         else:
-            text = policy.actions.hedge.template.format(
+            settings = policy.actions.hedge
+            conflict = (
+                "knowledge_conflict" in flag_details
+                and parametric_answer is not None
+                and normalize_answer(parametric_answer) != normalize_answer(answer)
+            )
+            template = settings.conflict_template if conflict else settings.template
+            text = template.format(
                 answer=answer,
                 caveat=caveat(confidence, flag_details, parametric_answer, answer),
                 sources=sources,
                 question=question,
                 parametric_answer=parametric_answer or "",
+                passage=quote(cited[:1], settings.quote_words),
             )
         return text, citations(cited)
-    message = policy.actions.defer.message
-    related = [p for p in passages if p.score is not None]
+    settings_defer = policy.actions.defer
+    message = settings_defer.message
+    related = [p for p in passages if p.score is not None][: settings_defer.max_related]
+    if not settings_defer.show_related:
+        return message, ()
     if related:
-        titles = sorted({p.title or p.source for p in related[:3]})
+        titles = sorted({p.title or p.source for p in related})
         message += " The closest documents found were: " + ", ".join(titles) + "."
-    return message, citations(related[:3])
+    return message, citations(related)
+
+
+def quote(passages: Sequence[Passage], max_words: int) -> str:
+    """The first passage as a quotation of at most ``max_words`` words, with its label."""
+    if not passages:
+        return ""
+    passage = passages[0]
+    words = passage.text.split()
+    text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    return f'"{text}" ({passage.title or passage.source}, {passage.id})'

@@ -7,6 +7,7 @@ except the signal mapping, whose keys are the registered signal names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -105,6 +106,19 @@ class Response:
     escalated: bool = False
     parametric_answer: str | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    tenant: str | None = None
+    mode: str = "enforce"
+    """``shadow``: the policy's decision is only recorded and ``action`` is ``answer``."""
+    policy_action: str = ""
+    """What the policy decided (equal to ``action`` when the policy is enforced)."""
+    shadow: Mapping[str, Any] | None = None
+    """The decision of the configured shadow policy on the same answer, if there is one."""
+    recorded_at: float = field(default_factory=time.time)
+    """When the decision was made (seconds since the epoch)."""
+
+    def __post_init__(self) -> None:
+        if not self.policy_action:
+            object.__setattr__(self, "policy_action", self.action)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary of the whole record."""

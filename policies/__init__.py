@@ -3,7 +3,7 @@
 For every question, the middleware measures an :class:`Assessment` (calibrated confidence,
 signal values, flags) and asks a :class:`Policy` what to do with it::
 
-    policy = load_policy(bundled_policy_path("default"), signal_names=..., flag_names=...)
+    policy = load_policy(bundled_policy_path("balanced"), signal_names=..., flag_names=...)
     decision = decide(Assessment(confidence=0.42, signals={...}), policy)
     decision.action  # Action.HEDGE; decision.reasons explains why
 

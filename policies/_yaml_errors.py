@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
+from policies._layers import Layered, locate
 from policies.conditions import CONDITION_TAGS
 from policies.errors import PolicyIssue, did_you_mean
 from policies.schema import Policy
@@ -40,40 +41,6 @@ def position(node: yaml.Node) -> tuple[int, int]:
 
 def _strip_tags(loc: Loc) -> Loc:
     return tuple(seg for seg in loc if not (isinstance(seg, str) and seg in CONDITION_TAGS))
-
-
-def _mapping_get(node: yaml.MappingNode, key: str | int) -> tuple[yaml.Node, yaml.Node] | None:
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(key):
-            return key_node, value_node
-    return None
-
-
-def find_node(root: yaml.Node, loc: Loc, *, want_key: bool = False) -> yaml.Node:
-    """The deepest node along ``loc``; the key node of the last step when ``want_key``.
-
-    When the path leaves the document (a missing key), this is the key of the innermost
-    mapping reached, so that "missing key" points at the mapping it belongs in.
-    """
-    node, owner = root, root
-    path = _strip_tags(loc)
-    for index, seg in enumerate(path):
-        last = index == len(path) - 1
-        if isinstance(node, yaml.MappingNode):
-            found = _mapping_get(node, seg)
-            if found is None:
-                return owner
-            key_node, value_node = found
-            if last and want_key:
-                return key_node
-            node, owner = value_node, key_node
-        elif isinstance(node, yaml.SequenceNode) and isinstance(seg, int):
-            if not 0 <= seg < len(node.value):
-                return node
-            node = owner = node.value[seg]
-        else:
-            return node
-    return node
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -126,8 +93,8 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def issue_from_error(error: ErrorDetails, root: yaml.Node) -> PolicyIssue:
-    """One pydantic error as a positioned, human-readable issue."""
+def issue_from_error(error: ErrorDetails, layered: Layered, prefix: str = "") -> PolicyIssue:
+    """One pydantic error as a positioned, human-readable issue; ``prefix`` opens the message."""
     loc: Loc = tuple(error["loc"])
     kind = error["type"]
     context = error.get("ctx") or {}
@@ -141,21 +108,21 @@ def issue_from_error(error: ErrorDetails, root: yaml.Node) -> PolicyIssue:
         message = f"unknown key {key!r}" + (f" in {where}" if where else "")
         if valid:
             message += f"{did_you_mean(key, valid)}; valid keys here: {', '.join(valid)}"
-        node = find_node(root, loc, want_key=True)
+        want_key = True
     elif kind == "missing":
         message = f"missing required key {str(loc[-1])!r}" + (f" in {where}" if where else "")
-        node = find_node(root, loc)
+        want_key = False
     elif kind == "invalid_key":
         message = f"invalid key {shown(error['input'])}" + (f" in {where}" if where else "")
         message += ": keys must be names (text)"
-        node = find_node(root, loc, want_key=True)
+        want_key = True
     elif "url" not in error:
         # Our own PydanticCustomError messages already say what is wrong and what is valid.
         message = error["msg"]
-        node = find_node(root, loc)
+        want_key = False
     else:
         text = _EXPECTED.get(kind) or error["msg"][:1].lower() + error["msg"][1:]
         message = f"{dotted(loc) or 'policy'}: {text}, got {shown(error['input'])}"
-        node = find_node(root, loc)
-    line, column = position(node)
-    return PolicyIssue(line, column, message)
+        want_key = False
+    source, line, column = locate(layered, _strip_tags(loc), want_key=want_key)
+    return PolicyIssue(line, column, prefix + message, source)

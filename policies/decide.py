@@ -58,19 +58,30 @@ def decide(assessment: Assessment, policy: Policy) -> Decision:
             notes.append(f"rule {rule.name!r} did not match; it had no value for {lacking}")
 
     thresholds = policy.thresholds
+    certificate = thresholds.certified
+    answer_ok = certificate is None or certificate.answer_feasible
+    hedge_ok = certificate is None or certificate.hedge_feasible
     confidence = assessment.confidence
     shown, answer_at = _numbers(confidence, thresholds.answer)
-    if confidence >= thresholds.answer:
+    if answer_ok and confidence >= thresholds.answer:
         reason = f"confidence {shown} is at or above the answer threshold {answer_at}"
         return _decision(policy, Action.ANSWER, "threshold:answer", (reason, *notes))
     shown_h, hedge_at = _numbers(confidence, thresholds.hedge)
-    if confidence >= thresholds.hedge:
-        reason = (
-            f"confidence {shown} is below the answer threshold {answer_at} "
-            f"and at or above the hedge threshold {hedge_at}"
+    if hedge_ok and confidence >= thresholds.hedge:
+        below = (
+            f"is below the answer threshold {answer_at}"
+            if answer_ok
+            else "is not enough to answer plainly (no answer threshold meets the risk target)"
         )
+        reason = f"confidence {shown} {below} and at or above the hedge threshold {hedge_at}"
         return _decision(policy, Action.HEDGE, "threshold:hedge", (reason, *notes))
-    reason = f"confidence {shown_h} is below the hedge threshold {hedge_at}"
+    if not (answer_ok or hedge_ok):
+        assert certificate is not None
+        reason = f"no threshold meets the policy's risk target: {certificate.message}"
+    elif not hedge_ok:
+        reason = f"confidence {shown} is below the answer threshold {answer_at}"
+    else:
+        reason = f"confidence {shown_h} is below the hedge threshold {hedge_at}"
     return _decision(policy, thresholds.otherwise, "threshold:otherwise", (reason, *notes))
 
 

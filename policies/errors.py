@@ -27,15 +27,17 @@ def did_you_mean(word: str, valid: Iterable[str]) -> str:
 
 
 class PolicyIssue(NamedTuple):
-    """One problem in a policy: 1-based line and column (``None`` when unknown) and a message."""
+    """One problem in a policy: 1-based line and column (``None`` when unknown), a message,
+    and the file it is in when that is not the file being loaded (a base it ``extends``)."""
 
     line: int | None
     column: int | None
     message: str
+    source: str | None = None
 
     def format(self, source: str | None) -> str:
         """Render as ``"<source> line L, column C: message"``, leaving out what is unknown."""
-        where = source or ""
+        where = self.source or source or ""
         if self.line is not None:
             where = f"{where} line {self.line}".lstrip()
             if self.column is not None:

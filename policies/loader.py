@@ -6,7 +6,8 @@ together in one :class:`~policies.errors.PolicyError`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies._yaml_errors import issue_from_error, position
-from policies.conditions import validation_context
+from policies._layers import Layered, Origin, merge
+from policies._yaml_errors import issue_from_error, position, shown
+from policies.conditions import _NAME_CHARS, validation_context
 from policies.errors import (
     PolicyIssue,
     PolicyLoadError,
@@ -23,35 +25,85 @@ from policies.errors import (
     PolicyValidationError,
     did_you_mean,
 )
-from policies.schema import SUPPORTED_VERSIONS, Policy
+from policies.schema import SUPPORTED_VERSIONS, Policy, RiskResolver
 
 _BUNDLED_DIR = "bundled"
 _SUFFIX = ".yaml"
 
 
-def load_policy(
-    path: str | Path, *, signal_names: Collection[str], flag_names: Collection[str]
-) -> Policy:
-    """Read and validate the policy file at ``path``.
+@dataclass(frozen=True)
+class PolicySet:
+    """A policy file, validated: its base policy and the policy of each tenant it names.
+
+    Each tenant's policy is the base policy with the tenant's overrides merged on top (see
+    :mod:`policies._layers` for the one merge rule), validated on its own after merging.
+    """
+
+    base: Policy
+    tenants: Mapping[str, Policy]
+    source: str
+
+    def policy_for(self, tenant: str | None) -> Policy:
+        """The tenant's policy; the base policy for ``None`` or a tenant without overrides."""
+        if tenant is None:
+            return self.base
+        return self.tenants.get(tenant, self.base)
+
+    def all(self) -> dict[str | None, Policy]:
+        """Every policy in the file: the base under ``None``, then the tenants by name."""
+        every: dict[str | None, Policy] = {None: self.base}
+        every.update(self.tenants)
+        return every
+
+
+def load_policy_set(
+    path: str | Path,
+    *,
+    signal_names: Collection[str],
+    flag_names: Collection[str],
+    resolve_risk: RiskResolver | None = None,
+) -> PolicySet:
+    """Read and validate the policy file at ``path`` with its base (``extends``) and tenants.
 
     ``signal_names`` and ``flag_names`` are the signals and flags the caller can measure;
     rules that reference any other name are rejected (``confidence`` is always valid).
-    Raises :class:`PolicyLoadError` if the file cannot be read or parsed, and
-    :class:`PolicyValidationError` if it is not a valid policy.
+    ``resolve_risk`` certifies thresholds given as a risk target (see
+    :class:`~policies.schema.RiskTarget`); without it such a policy is an error.
+    Raises :class:`PolicyLoadError` if a file cannot be read or parsed, and
+    :class:`PolicyValidationError` if the result is not valid, listing every problem found.
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyLoadError(
-            f"cannot read the policy: it is not UTF-8 text ({exc.reason} at byte {exc.start})",
-            source=source,
-        ) from None
-    except OSError as exc:
-        raise PolicyLoadError(
-            f"cannot read the policy file: {exc.strerror or exc}", source=source
-        ) from None
-    return parse_policy(text, source=source, signal_names=signal_names, flag_names=flag_names)
+    loader = _Loader(signal_names, flag_names, resolve_risk)
+    path = Path(path)
+    merged = loader.resolve(loader.read(path), str(path), path.parent, ())
+    return loader.finish(merged, str(path))
+
+
+def parse_policy_set(
+    text: str,
+    *,
+    source: str = "<string>",
+    base_dir: str | Path = ".",
+    signal_names: Collection[str],
+    flag_names: Collection[str],
+    resolve_risk: RiskResolver | None = None,
+) -> PolicySet:
+    """Validate policy YAML given as text; ``source`` names it in error messages and a
+    relative ``extends`` path is resolved against ``base_dir``."""
+    loader = _Loader(signal_names, flag_names, resolve_risk)
+    return loader.finish(loader.resolve(text, source, Path(base_dir), ()), source)
+
+
+def load_policy(
+    path: str | Path,
+    *,
+    signal_names: Collection[str],
+    flag_names: Collection[str],
+    resolve_risk: RiskResolver | None = None,
+) -> Policy:
+    """The base policy of the file at ``path`` (see :func:`load_policy_set`)."""
+    return load_policy_set(
+        path, signal_names=signal_names, flag_names=flag_names, resolve_risk=resolve_risk
+    ).base
 
 
 def parse_policy(
@@ -61,39 +113,202 @@ def parse_policy(
     signal_names: Collection[str],
     flag_names: Collection[str],
 ) -> Policy:
-    """Validate policy YAML given as text; ``source`` names it in error messages."""
-    root, data, duplicates = _parse_yaml(text, source)
-    if root is None:
-        raise PolicyValidationError(
-            [
-                PolicyIssue(
-                    1, 1, "the policy is empty; it needs at least version, name and thresholds"
+    """The base policy of policy YAML given as text (see :func:`parse_policy_set`)."""
+    return parse_policy_set(
+        text, source=source, signal_names=signal_names, flag_names=flag_names
+    ).base
+
+
+_EXTENDS_HELP = "the name of a bundled policy or the path of a policy file (relative to this one)"
+
+
+class _Loader:
+    """One load: reads documents, follows ``extends``, merges tenants, collects every issue."""
+
+    def __init__(
+        self,
+        signal_names: Collection[str],
+        flag_names: Collection[str],
+        resolve_risk: RiskResolver | None = None,
+    ) -> None:
+        self.context = validation_context(signal_names, flag_names, resolve_risk)
+        self.issues: list[PolicyIssue] = []
+
+    @staticmethod
+    def read(path: Path) -> str:
+        source = str(path)
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyLoadError(
+                f"cannot read the policy: it is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                source=source,
+            ) from None
+        except OSError as exc:
+            raise PolicyLoadError(
+                f"cannot read the policy file: {exc.strerror or exc}", source=source
+            ) from None
+
+    def document(self, text: str, source: str) -> Layered:
+        """One YAML document as a mapping with positions; repeated keys become issues."""
+        root, data, duplicates = _parse_yaml(text, source)
+        if root is None:
+            raise PolicyValidationError(
+                [
+                    PolicyIssue(
+                        1, 1, "the policy is empty; it needs at least version, name and thresholds"
+                    )
+                ],
+                source=source,
+            )
+        if not isinstance(data, dict):
+            line, column = position(root)
+            kind = "a list" if isinstance(data, list) else f"the single value {data!r}"
+            message = (
+                "a policy must be a mapping with keys such as version, name, thresholds; "
+                f"got {kind}"
+            )
+            raise PolicyValidationError([PolicyIssue(line, column, message)], source=source)
+        version_issue = _unsupported_version(root, data)
+        if version_issue is not None:
+            # Keys of another version's schema would only add noise: report the version alone.
+            raise PolicyValidationError([version_issue], source=source)
+        self.issues.extend(issue._replace(source=source) for issue in duplicates)
+        return Layered.from_document(data, root, source)
+
+    def _issue(self, origin: Origin | None, message: str, *, key: bool = False) -> None:
+        if origin is None:
+            self.issues.append(PolicyIssue(None, None, message))
+            return
+        line, column = position(origin.key if key and origin.key else origin.value)
+        self.issues.append(PolicyIssue(line, column, message, origin.source))
+
+    def _fatal(self, origin: Origin | None, message: str, source: str) -> PolicyValidationError:
+        """A problem with ``extends``: what would be merged is unknown, so report it alone."""
+        self.issues = []
+        self._issue(origin, message)
+        return PolicyValidationError(self.issues, source=source)
+
+    def resolve(self, text: str, source: str, folder: Path, chain: tuple[str, ...]) -> Layered:
+        """The document with everything it ``extends`` merged underneath it."""
+        document = self.document(text, source)
+        origin = document.origin(("extends",))
+        extends, _ = document.pop("extends")
+        if extends is None:
+            return document
+        if not isinstance(extends, str) or not extends.strip():
+            raise self._fatal(
+                origin, f"extends must be {_EXTENDS_HELP}; got {shown(extends)}", source
+            )
+        if extends.endswith((".yaml", ".yml")) or "/" in extends:
+            parent = folder / extends
+            if not parent.is_file():
+                raise self._fatal(origin, f"extends: no policy file {str(parent)!r}", source)
+        else:
+            try:
+                parent = bundled_policy_path(extends)
+            except PolicyNotFoundError as exc:
+                raise self._fatal(origin, f"extends: {exc}", source) from None
+        key = str(parent.resolve())
+        here = str(Path(source).resolve()) if Path(source).exists() else source
+        if key in (*chain, here):
+            names = " -> ".join(Path(p).name for p in (*chain, here, key))
+            message = f"extends forms a cycle: {names}; a policy cannot extend itself"
+            raise self._fatal(origin, message, source)
+        base = self.resolve(self.read(parent), str(parent), parent.parent, (*chain, here))
+        return merge(base, document)
+
+    def finish(self, merged: Layered, source: str) -> PolicySet:
+        """Validate the base policy and every tenant's merged policy; raise with all issues."""
+        tenants_origin = merged.origin(("tenants",))
+        raw_tenants, tenants = merged.pop("tenants")
+        base = self.validate(merged, "")
+        policies: dict[str, Policy] = {}
+        if raw_tenants is not None and tenants is None:
+            self._issue(
+                tenants_origin,
+                "tenants must be a mapping of tenant name to the settings it overrides; "
+                f"got {shown(raw_tenants)}",
+            )
+        elif tenants is not None:
+            base_name = merged.data.get("name")
+            for name in tenants.data:
+                layered = self.tenant(str(name), tenants, merged, ())
+                if layered is None:
+                    continue
+                if "name" not in tenants.data[name] and isinstance(base_name, str):
+                    layered.data["name"] = f"{base_name}.{name}"
+                policy = self.validate(layered, f"tenant {name!r}: ")
+                if policy is not None:
+                    policies[str(name)] = policy
+        if self.issues:
+            issues = list(dict.fromkeys(self.issues))
+            issues.sort(
+                key=lambda i: (i.source != source, i.source or "", i.line or 0, i.column or 0)
+            )
+            raise PolicyValidationError(issues, source=source)
+        assert base is not None
+        return PolicySet(base=base, tenants=policies, source=source)
+
+    def tenant(
+        self, name: str, tenants: Layered, base: Layered, chain: tuple[str, ...]
+    ) -> Layered | None:
+        """The tenant's overrides merged onto the base (or onto the tenant it extends)."""
+        origin = tenants.origin((name,))
+        if not _is_name(name):
+            self._issue(
+                origin,
+                key=True,
+                message=f"invalid tenant name {name!r}: use letters, digits, '-', '_' and '.', "
+                "starting with a letter or digit",
+            )
+            return None
+        overrides = tenants.data[name]
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            self._issue(
+                origin,
+                f"tenant {name!r} must be a mapping of the settings it overrides; "
+                f"got {shown(overrides)}",
+            )
+            return None
+        layer = tenants.child(name)
+        extends_origin = layer.origin(("extends",))
+        extends, _ = layer.pop("extends")
+        parent = base
+        if extends is not None:
+            if not isinstance(extends, str) or extends not in tenants.data:
+                valid = [str(t) for t in tenants.data if t != name]
+                hint = did_you_mean(str(extends), valid) if isinstance(extends, str) else ""
+                self._issue(
+                    extends_origin,
+                    f"tenant {name!r} extends {shown(extends)}, which is not a tenant of this "
+                    f"file{hint}; tenants: {', '.join(valid) or 'none'}",
                 )
-            ],
-            source=source,
-        )
-    if not isinstance(data, dict):
-        line, column = position(root)
-        kind = "a list" if isinstance(data, list) else f"the single value {data!r}"
-        message = (
-            f"a policy must be a mapping with keys such as version, name, thresholds; got {kind}"
-        )
-        raise PolicyValidationError([PolicyIssue(line, column, message)], source=source)
+                return None
+            if extends == name or extends in chain:
+                cycle = " -> ".join((*chain, name, extends))
+                self._issue(extends_origin, f"tenant extends form a cycle: {cycle}")
+                return None
+            inherited = self.tenant(extends, tenants, base, (*chain, name))
+            if inherited is None:
+                return None
+            parent = inherited
+        return merge(parent, layer)
 
-    version_issue = _unsupported_version(root, data)
-    if version_issue is not None:
-        # Keys of another version's schema would only add noise: report the version alone.
-        raise PolicyValidationError([version_issue], source=source)
-
-    issues = duplicates
-    try:
-        policy = Policy.model_validate(data, context=validation_context(signal_names, flag_names))
-    except ValidationError as exc:
-        issues.extend(issue_from_error(error, root) for error in exc.errors())
-    if issues:
-        issues.sort(key=lambda issue: (issue.line or 0, issue.column or 0))
-        raise PolicyValidationError(issues, source=source)
-    return policy
+    def validate(self, layered: Layered, prefix: str) -> Policy | None:
+        """The policy, or ``None`` with its issues recorded; a tenant's issues that repeat one
+        already reported (an error in the base it inherits) are left out."""
+        try:
+            return Policy.model_validate(layered.data, context=self.context)
+        except ValidationError as exc:
+            seen = set(self.issues)
+            for error in exc.errors():
+                issue = issue_from_error(error, layered)
+                if issue not in seen:
+                    self.issues.append(issue._replace(message=prefix + issue.message))
+            return None
 
 
 def bundled_policy_path(name: str) -> Path:
@@ -200,3 +415,7 @@ def _unsupported_version(root: yaml.Node, data: dict[Any, Any]) -> PolicyIssue |
         column,
         f"unsupported policy version {version!r}; supported versions: {supported}",
     )
+
+
+def _is_name(value: str) -> bool:
+    return bool(value) and value[0] not in "-_." and set(value) <= _NAME_CHARS

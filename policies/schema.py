@@ -16,10 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from policies.conditions import (
     CONFIDENCE,
@@ -35,14 +42,31 @@ from policies.errors import did_you_mean
 from policies.types import Action
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-TEMPLATE_FIELDS: tuple[str, ...] = ("answer", "caveat", "sources", "question", "parametric_answer")
+TEMPLATE_FIELDS: tuple[str, ...] = (
+    "answer",
+    "caveat",
+    "sources",
+    "question",
+    "parametric_answer",
+    "passage",
+)
 DEFAULT_HEDGE_TEMPLATE = "{answer}\n\n(Caveat: {caveat})"
+DEFAULT_CONFLICT_TEMPLATE = (
+    "The documents say: {answer}. Without them I would have said: {parametric_answer}. "
+    "Check the source: {passage}\n\n{sources}"
+)
 DEFAULT_DEFER_MESSAGE = (
     "I don't know: the documents I have do not support an answer to this question."
 )
 DEFAULT_ESCALATION_TARGETS: tuple[str, ...] = ("larger",)
 
 Score = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(strict=False, gt=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+def _braces(text: str) -> str:
+    """Text safe for a pydantic error message (it substitutes ``{name}`` placeholders)."""
+    return text.replace("{", "(").replace("}", ")")
 
 
 def _to_action(value: Any, allowed: tuple[Action, ...], field: str = "") -> Any:
@@ -55,6 +79,20 @@ def _to_action(value: Any, allowed: tuple[Action, ...], field: str = "") -> Any:
     raise _error("unknown_action", f"unknown action {value!r}{where}; valid actions: {valid}")
 
 
+class Certificate(_Model):
+    """How thresholds derived from a risk target were certified.
+
+    When a target cannot be met (``answer_feasible`` false) no confidence answers plainly;
+    likewise ``hedge_feasible`` for the hedge band. ``message`` says what was certified.
+    """
+
+    max_error_rate: Rate
+    delta: Rate
+    answer_feasible: bool
+    hedge_feasible: bool
+    message: Text
+
+
 class Thresholds(_Model):
     """Cut-offs on the confidence, used when no rule matches.
 
@@ -65,6 +103,8 @@ class Thresholds(_Model):
     answer: Score
     hedge: Score
     otherwise: Literal[Action.DEFER, Action.ESCALATE]
+    certified: Certificate | None = None
+    """Set when the numbers come from a risk target: what was certified, on what data."""
 
     @field_validator("otherwise", mode="before")
     @classmethod
@@ -81,6 +121,46 @@ class Thresholds(_Model):
                 at=("hedge",),
             )
         return self
+
+
+class RiskTarget(_Model):
+    """Thresholds given as a promise instead of numbers.
+
+    ``max_error_rate`` (and optionally ``hedge_max_error_rate`` for the hedge band) is the
+    error among answered questions that must not be exceeded with probability ``1 - delta``.
+    The numbers are certified when the policy is loaded, from the certification data stored
+    in the calibrator artifact that the policy's ``calibration`` block names (written by
+    ``guardrail calibrate``); when no threshold meets the target, everything is deferred.
+    """
+
+    max_error_rate: Rate
+    delta: Rate
+    hedge_max_error_rate: Rate | None = None
+    method: Literal["binomial", "hoeffding-bentkus"] = "binomial"
+    otherwise: Literal[Action.DEFER, Action.ESCALATE] = Action.DEFER
+
+    @field_validator("otherwise", mode="before")
+    @classmethod
+    def _otherwise(cls, value: Any) -> Any:
+        return _to_action(value, (Action.DEFER, Action.ESCALATE), "thresholds.otherwise")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskTarget:
+        if (
+            self.hedge_max_error_rate is not None
+            and self.hedge_max_error_rate < self.max_error_rate
+        ):
+            raise _error(
+                "threshold_order",
+                f"hedge_max_error_rate {self.hedge_max_error_rate:g} is below max_error_rate "
+                f"{self.max_error_rate:g}; a hedged answer may be wrong more often, not less",
+                at=("hedge_max_error_rate",),
+            )
+        return self
+
+
+RiskResolver = Callable[[RiskTarget, str], "Thresholds"]
+"""Turns a risk target and the calibrator path of the policy into certified thresholds."""
 
 
 class Rule(_Model):
@@ -103,11 +183,18 @@ class Rule(_Model):
 
 
 class HedgeSettings(_Model):
-    """How a hedged answer is rendered: a format string over a fixed set of placeholders."""
+    """How a hedged answer is rendered: format strings over a fixed set of placeholders.
+
+    ``conflict_template`` is used instead of ``template`` on a knowledge conflict (the
+    passages disagree with what the model answers without them), so that the hedge can state
+    both answers. ``quote_words`` caps the ``{passage}`` quote of the supporting passage.
+    """
 
     template: Text = DEFAULT_HEDGE_TEMPLATE
+    conflict_template: Text = DEFAULT_CONFLICT_TEMPLATE
+    quote_words: int = Field(default=40, strict=True, ge=1, le=400)
 
-    @field_validator("template")
+    @field_validator("template", "conflict_template")
     @classmethod
     def _placeholders(cls, value: str) -> str:
         valid = ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
@@ -145,9 +232,12 @@ class HedgeSettings(_Model):
 
 
 class DeferSettings(_Model):
-    """What the user is told when the middleware defers; used verbatim."""
+    """What the user is told when the middleware defers: the message, used verbatim, and
+    (with ``show_related``) the titles of up to ``max_related`` passages that were found."""
 
     message: Text = DEFAULT_DEFER_MESSAGE
+    show_related: bool = Field(default=True, strict=True)
+    max_related: int = Field(default=3, strict=True, ge=1, le=20)
 
     @field_validator("message")
     @classmethod
@@ -157,28 +247,80 @@ class DeferSettings(_Model):
         return value
 
 
-class EscalateSettings(_Model):
-    """Where escalated questions go: backend names, tried in order, and the fallback."""
+class Budget(_Model):
+    """A cap on escalations: a share of all decisions, requests per minute, or both.
 
-    targets: tuple[Text, ...] = DEFAULT_ESCALATION_TARGETS
-    on_failure: Literal[Action.DEFER] = Action.DEFER
+    ``max_share`` counts over the decisions of the last ``window_seconds``: an escalation is
+    allowed while ``escalations + 1 <= ceil(max_share * decisions)`` (so the first one is).
+    """
+
+    max_share: Annotated[float, Field(strict=False, gt=0.0, le=1.0, allow_inf_nan=False)] | None = (
+        None
+    )
+    per_minute: Annotated[int, Field(strict=True, ge=1)] | None = None
+    window_seconds: Annotated[float, Field(strict=False, gt=0.0, allow_inf_nan=False)] = 3600.0
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.max_share is None and self.per_minute is None:
+            raise _error(
+                "empty_budget",
+                "a budget needs max_share (a fraction of decisions), per_minute, or both",
+            )
+        return self
+
+
+class Target(_Model):
+    """One escalation target: a backend name from the configuration and its own budget."""
+
+    name: Text
+    budget: Budget | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or value != value.strip():
+            raise _error("invalid_target", f"invalid escalation target {value!r}")
+        return value
+
+
+def _target(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class EscalateSettings(_Model):
+    """Where escalated questions go: targets tried in order, budgets, and the fallback.
+
+    A target that is over its budget (or the chain over ``budget``) is skipped and the next
+    one is tried; when none answers, ``on_failure`` decides: ``defer``, or ``hedge`` the first
+    model's answer (deferred anyway when that model found no answer).
+    """
+
+    targets: tuple[Annotated[Target, BeforeValidator(_target)], ...] = tuple(
+        Target(name=name) for name in DEFAULT_ESCALATION_TARGETS
+    )
+    budget: Budget | None = None
+    on_failure: Literal[Action.DEFER, Action.HEDGE] = Action.DEFER
 
     @field_validator("targets")
     @classmethod
-    def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _targets(cls, value: tuple[Target, ...]) -> tuple[Target, ...]:
         if not value:
             raise _error("no_targets", "escalation needs at least one target backend name")
-        for target in value:
-            if not target.strip() or target != target.strip():
-                raise _error("invalid_target", f"invalid escalation target {target!r}")
-            if value.count(target) > 1:
-                raise _error("duplicate_target", f"escalation target {target!r} is listed twice")
+        names = [target.name for target in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise _error("duplicate_target", f"escalation target {name!r} is listed twice")
         return value
 
     @field_validator("on_failure", mode="before")
     @classmethod
     def _on_failure(cls, value: Any) -> Any:
-        return _to_action(value, (Action.DEFER,), "escalate.on_failure")
+        return _to_action(value, (Action.DEFER, Action.HEDGE), "escalate.on_failure")
+
+    def target_names(self) -> tuple[str, ...]:
+        """The target backend names, in order."""
+        return tuple(target.name for target in self.targets)
 
 
 class ActionSettings(_Model):
@@ -187,9 +329,6 @@ class ActionSettings(_Model):
     hedge: HedgeSettings = Field(default_factory=HedgeSettings)
     defer: DeferSettings = Field(default_factory=DeferSettings)
     escalate: EscalateSettings = Field(default_factory=EscalateSettings)
-
-
-Rate = Annotated[float, Field(strict=False, gt=0.0, lt=1.0, allow_inf_nan=False)]
 
 
 class CalibrationSettings(_Model):
@@ -202,8 +341,8 @@ class CalibrationSettings(_Model):
     """
 
     calibrator: Text
-    target_error: Rate
-    delta: Rate
+    target_error: Rate | None = None
+    delta: Rate | None = None
     hedge_target_error: Rate | None = None
     method: Literal["binomial", "hoeffding-bentkus"] = "binomial"
     fitted_on: Text = ""
@@ -215,12 +354,50 @@ class Policy(_Model):
     version: Literal[1]
     name: Text
     description: Text = ""
+    mode: Literal["enforce", "shadow"] = "enforce"
+    """``shadow``: decide and record, but pass the model's answer through unchanged."""
     thresholds: Thresholds
     rules: tuple[Rule, ...] = ()
     actions: ActionSettings = Field(default_factory=ActionSettings)
     calibration: CalibrationSettings | None = None
 
     _content_hash: str = PrivateAttr(default="")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _risk_target(cls, data: Any, info: ValidationInfo) -> Any:
+        """Certify thresholds given as a risk target (through the context's resolver)."""
+        if not isinstance(data, dict):
+            return data
+        thresholds = data.get("thresholds")
+        if not isinstance(thresholds, dict) or "max_error_rate" not in thresholds:
+            return data
+        target = RiskTarget.model_validate(thresholds)
+        calibration = data.get("calibration")
+        calibrator = calibration.get("calibrator") if isinstance(calibration, dict) else None
+        if not isinstance(calibrator, str):
+            raise _error(
+                "risk_target_needs_calibrator",
+                "thresholds given as a risk target (max_error_rate, delta) need the "
+                "calibration block that names the calibrator artifact they are certified "
+                "with (calibration: {calibrator: FILE, ...}; `guardrail calibrate` writes one)",
+                at=("thresholds",),
+            )
+        context = info.context if isinstance(info.context, dict) else {}
+        resolve = context.get("resolve_risk")
+        if resolve is None:
+            raise _error(
+                "risk_target_unresolved",
+                "thresholds given as a risk target can only be certified where calibrators "
+                "can be read: load this policy through guardrail (the CLI, the service or "
+                "guardrail.pipeline.load_policy_setting)",
+                at=("thresholds",),
+            )
+        try:
+            certified = resolve(target, calibrator)
+        except (ValueError, OSError) as exc:
+            raise _error("risk_target_failed", _braces(str(exc)), at=("thresholds",)) from None
+        return {**data, "thresholds": certified}
 
     @field_validator("version", mode="before")
     @classmethod

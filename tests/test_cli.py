@@ -169,7 +169,10 @@ def test_ask_with_a_missing_policy_file(cli: Run, tmp_path: Path) -> None:
 
 
 def test_ask_with_an_unknown_bundled_policy(cli: Run) -> None:
-    assert_user_error(cli("ask", "q", "--policy", "lenient"), "bundled policies: default, strict")
+    assert_user_error(
+        cli("ask", "q", "--policy", "lenien"),
+        "bundled policies: balanced, lenient, strict, support-bot",
+    )
 
 
 def test_ask_with_an_invalid_policy_reports_every_issue(cli: Run, tmp_path: Path) -> None:

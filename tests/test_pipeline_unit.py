@@ -32,7 +32,7 @@ MADRID = Passage("madrid", "Madrid is the capital of Spain.", "atlas.txt", title
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return load_policy_setting("default")
+    return load_policy_setting("balanced")
 
 
 def backend(
@@ -77,7 +77,7 @@ def test_confident_supported_answer_is_answered_with_its_citation(policy: Policy
     assert response.escalated is False
     assert response.parametric_answer is None
     assert response.model == "confident-Paris"
-    assert response.policy_name == "default"
+    assert response.policy_name == "balanced"
     assert response.signals["answer_in_passages"] == 1.0
     assert set(response.timings) == {"retrieve", "generate", "abstain_probe", "score", "total"}
     # No conflict: the closed-book answer is never generated.
@@ -150,8 +150,11 @@ def test_knowledge_conflict_is_hedged_naming_both_answers(policy: Policy) -> Non
     assert response.action == "hedge"
     assert response.rule == "knowledge-conflict"
     assert response.parametric_answer == "Paris"
-    assert response.text.startswith("Lyon\n\n(Caveat: ")
-    assert "'Lyon'" in response.text and "'Paris'" in response.text
+    assert response.text.startswith(
+        "The documents say: Lyon. Without them I would have said: Paris."
+    )
+    # The conflict template quotes the supporting passage.
+    assert '"The capital of France is Lyon."' in response.text
     assert [c.id for c in response.citations] == ["lyon"]
     # The closed-book answer comes from a generation on the parametric prompt.
     assert model.calls == [
@@ -257,7 +260,7 @@ def test_escalation_target_that_is_not_confident_defers(policy: Policy) -> None:
     assert response.action == "defer"
     assert response.rule == "escalation:exhausted"
     assert response.escalated is False
-    assert any("'larger' (also-flat) was not confident either" in r for r in response.reasons)
+    assert any("'larger' was not confident either" in r for r in response.reasons)
     assert target.calls[:2] == [("generate", "contextual"), ("score", "parametric")]
 
 

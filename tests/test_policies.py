@@ -679,7 +679,7 @@ def test_names_are_checked_only_against_what_the_caller_measures() -> None:
 # --------------------------------------------------------------------------- bundled policies
 
 
-@pytest.mark.parametrize("name", ["default", "strict"])
+@pytest.mark.parametrize("name", ["balanced", "strict", "lenient", "support-bot"])
 def test_bundled_policies_load_and_validate(name: str) -> None:
     path = bundled_policy_path(name)
     assert path.name == f"{name}.yaml" and path.is_file()
@@ -687,11 +687,11 @@ def test_bundled_policies_load_and_validate(name: str) -> None:
     assert policy.name == name
     assert policy.signal_names() <= SIGNALS
     assert policy.flag_names() == FLAGS
-    assert policy.actions.escalate.targets == ("larger",)
+    assert policy.actions.escalate.target_names() == ("larger",)
 
 
 def test_bundled_policies_differ_as_documented() -> None:
-    default = load_policy(bundled_policy_path("default"), signal_names=SIGNALS, flag_names=FLAGS)
+    default = load_policy(bundled_policy_path("balanced"), signal_names=SIGNALS, flag_names=FLAGS)
     strict = load_policy(bundled_policy_path("strict"), signal_names=SIGNALS, flag_names=FLAGS)
     assert strict.thresholds.answer > default.thresholds.answer
     assert strict.thresholds.hedge > default.thresholds.hedge
@@ -704,9 +704,9 @@ def test_bundled_policies_differ_as_documented() -> None:
 
 def test_unknown_bundled_policy_lists_the_bundled_names() -> None:
     with pytest.raises(PolicyNotFoundError) as caught:
-        bundled_policy_path("defualt")
-    assert "did you mean 'default'?" in str(caught.value)
-    assert "bundled policies: default, strict" in str(caught.value)
+        bundled_policy_path("balanse")
+    assert "did you mean 'balanced'?" in str(caught.value)
+    assert "bundled policies: balanced, lenient, strict, support-bot" in str(caught.value)
     with pytest.raises(PolicyNotFoundError):
         bundled_policy_path("../loader")
 

@@ -37,7 +37,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> GuardrailConfig:
     # Models are converted once into the user's cache (as the CLI does); the index is the
     # test's own.
     return GuardrailConfig(
-        index_dir=tmp_path_factory.mktemp("index"), escalation_targets={}, policy="default"
+        index_dir=tmp_path_factory.mktemp("index"), escalation_targets={}, policy="balanced"
     )
 
 
@@ -100,7 +100,7 @@ def test_escalation_to_the_larger_model(config: GuardrailConfig) -> None:
     kenya = [p for p in load_documents(demo_corpus_path()) if p.id == "Kenya#18"]
     guard = Guardrail(
         backend=local_backend(config, "gemma-3-270m"),
-        policy=load_policy_setting("default"),
+        policy=load_policy_setting("balanced"),
         escalation={"larger": lambda: local_backend(config, "qwen2.5-0.5b-instruct")},
         config=config,
     )
@@ -140,7 +140,7 @@ def test_cli_ask_json_end_to_end(config: GuardrailConfig, guard: Guardrail) -> N
     record = json.loads(result.stdout)
     assert record["action"] in ("answer", "hedge")
     assert record["citations"][0]["id"].startswith("1973_oil_crisis")
-    assert record["policy_name"] == "default"
+    assert record["policy_name"] == "balanced"
     assert len(record["policy_hash"]) == 16
     assert set(record["signals"]) >= {"cg_mean", "cg_min", "cg_first", "parametric_agreement"}
     assert Path(str(config.index_dir)).exists()

@@ -146,7 +146,7 @@ class GatedBackend(ScriptedBackend):
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return load_policy_setting("default")
+    return load_policy_setting("balanced")
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_readyz_names_the_policy_and_the_index_size(client: httpx.Client, policy
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "policy": "default",
+        "policy": "balanced",
         "policy_hash": policy.content_hash,
         "index_passages": 3,
         "model": "scripted",
@@ -222,7 +222,7 @@ def test_readyz_is_503_while_building_and_after_a_failed_build(tmp_path: Path) -
         assert client.get("/healthz").status_code == 200  # alive while not ready
 
         # A valid policy lets the build go on to the index, which does not exist.
-        fifo.write_text(bundled_policy_path("default").read_text(encoding="utf-8"))
+        fifo.write_text(bundled_policy_path("balanced").read_text(encoding="utf-8"))
         deadline = time.monotonic() + 30
         while (failed := client.get("/readyz")).json()["status"] == "starting":
             assert time.monotonic() < deadline, "the build neither finished nor failed"
@@ -260,7 +260,7 @@ def test_answer_with_given_passages(client: httpx.Client) -> None:
     assert body["question"] == QUESTION
     assert body["action"] == "answer"
     assert body["answer"] == "Paris"
-    assert body["policy_name"] == "default"
+    assert body["policy_name"] == "balanced"
     # A passage without an id is named by its position.
     assert body["citations"] == [
         {"id": "request-2", "source": "atlas.txt", "title": "", "score": None}
@@ -623,7 +623,7 @@ def test_real_pipeline_from_settings_flags_a_contradicting_passage(tmp_path: Pat
         tmp_path / "index"
     )
     # Models come from the user's cache (converted once, as the CLI does); the index is ours.
-    config = ServiceSettings(index_dir=tmp_path / "index", escalation_targets={}, policy="default")
+    config = ServiceSettings(index_dir=tmp_path / "index", escalation_targets={}, policy="balanced")
     with serve(create_app(config)) as base, httpx.Client(base_url=base, timeout=300) as client:
         deadline = time.monotonic() + 600
         while (ready := client.get("/readyz")).json()["status"] == "starting":

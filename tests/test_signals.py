@@ -327,7 +327,7 @@ E2E_PAR = [[0.25, 0.25, 0.25, 0.25, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]]
 
 def test_signals_end_to_end_through_guardrail_assess() -> None:
     backend = ScriptedBackend(VOCAB, contextual=E2E_CTX, parametric=E2E_PAR)
-    guard = Guardrail(backend=backend, policy=load_policy_setting("default"))
+    guard = Guardrail(backend=backend, policy=load_policy_setting("balanced"))
     found = [
         passage("p1", "The Paris Lyon night train leaves at ten.", 0.7),
         passage("p2", "Rome is in Italy.", 0.4),

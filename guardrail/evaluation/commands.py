@@ -219,12 +219,12 @@ def _policy_risk(policy: Policy, calibrator: LogisticCalibrator) -> RiskControl:
             return RiskControl(**stored)
         except TypeError:
             pass
-    assert policy.calibration is not None
+    certificate = policy.thresholds.certified
     return RiskControl(
-        target_error=policy.calibration.target_error,
-        delta=policy.calibration.delta,
-        method=policy.calibration.method,
-        feasible=True,
+        target_error=certificate.max_error_rate if certificate else float("nan"),
+        delta=certificate.delta if certificate else float("nan"),
+        method=policy.calibration.method if policy.calibration else "binomial",
+        feasible=certificate.answer_feasible if certificate else True,
         threshold=policy.thresholds.answer,
         n_calibration=0,
         answered=0,
@@ -370,7 +370,9 @@ def calibrated_policy(
     hedge: RiskControl | None,
     fitted_on: str,
 ) -> dict[str, Any]:
-    """The calibrated policy as YAML-ready data."""
+    """The calibrated policy as YAML-ready data: thresholds given as the risk target, which
+    the loader certifies from the calibrator's certification data (the numbers are the same
+    as ``answer`` and ``hedge`` report)."""
     rules: list[dict[str, Any]] = [
         {
             "name": "model-abstained",
@@ -385,50 +387,21 @@ def calibrated_policy(
             "reason": "no passage was retrieved for this question",
         },
     ]
-    hedge_ok = hedge is not None and hedge.feasible and hedge.threshold is not None
-    t_answer: float = 1.0
-    t_hedge: float = 1.0
-    if answer.feasible and answer.threshold is not None:
-        t_answer = t_hedge = answer.threshold
-        if hedge is not None and hedge.feasible and hedge.threshold is not None:
-            t_hedge = min(hedge.threshold, t_answer)
-    elif hedge_ok and hedge is not None and hedge.threshold is not None:
-        rules.append(
-            {
-                "name": "calibrated-hedge-band",
-                "when": {"signal": "confidence", "ge": hedge.threshold},
-                "action": "hedge",
-                "reason": "no threshold certifies plain answers; this band certifies hedged ones",
-            }
-        )
-    else:
-        rules.insert(
-            0,
-            {
-                "name": "target-infeasible",
-                "when": {"signal": "confidence", "ge": 0.0},
-                "action": "defer",
-                "reason": answer.message,
-            },
-        )
-    actions = base.actions.model_dump(mode="json")
-    calibration: dict[str, Any] = {
-        "calibrator": calibrator_file,
-        "target_error": answer.target_error,
+    thresholds: dict[str, Any] = {
+        "max_error_rate": answer.target_error,
         "delta": answer.delta,
-        "method": answer.method,
-        "fitted_on": fitted_on,
     }
     if hedge is not None:
-        calibration["hedge_target_error"] = hedge.target_error
+        thresholds["hedge_max_error_rate"] = hedge.target_error
+    thresholds |= {"method": answer.method, "otherwise": "defer"}
     return {
         "version": 1,
         "name": name,
         "description": f"Calibrated thresholds: {answer.message}",
-        "thresholds": {"answer": t_answer, "hedge": t_hedge, "otherwise": "defer"},
+        "thresholds": thresholds,
         "rules": rules,
-        "actions": actions,
-        "calibration": calibration,
+        "actions": base.actions.model_dump(mode="json"),
+        "calibration": {"calibrator": calibrator_file, "fitted_on": fitted_on},
     }
 
 
@@ -480,7 +453,19 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
         f"prompt={runner.settings['prompt']} top_k={config.top_k} "
         f"max_passage_words={config.max_passage_words}"
     )
-    calibrator.metadata = {"fitted_on": fitted_on, "answer": answer.to_dict()}
+    probs = calibrator.predict_proba([observation(r) for r in certify_records])
+    calibrator.metadata = {
+        "fitted_on": fitted_on,
+        "answer": answer.to_dict(),
+        # The held-out part the thresholds are certified on: a policy that states its
+        # thresholds as a risk target is certified from these when it is loaded.
+        "certification": {
+            "data": fitted_on,
+            "scores": [round(float(p), 6) for p in probs],
+            "correct": [bool(r.answer_correct) for r in certify_records],
+            "eligible": [not r.abstained for r in certify_records],
+        },
+    }
     calibrator.save(calibrator_out)
     data = calibrated_policy(
         runner.guardrail.policy,

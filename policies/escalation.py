@@ -1,0 +1,151 @@
+"""Escalation chains: targets tried in order, within their budgets, and the fallback.
+
+:func:`run_chain` holds the whole logic of an escalation (which target is tried, which is
+skipped for its budget, what happens when none answers) apart from how a target is asked,
+which the caller supplies as a function. :class:`EscalationLedger` counts decisions and
+escalations in memory for the budgets; it is thread-safe and takes its clock as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
+
+from policies.schema import Budget, Policy, Target
+from policies.types import Action, Decision
+
+T = TypeVar("T")
+
+_MINUTE = 60.0
+
+
+class TargetFailed(Exception):
+    """Raised by an attempt when a target could not answer at all (not configured, down)."""
+
+
+class EscalationLedger:
+    """Counts of decisions and escalations per scope (a policy name), for budgets.
+
+    ``record_decision`` is called once per decision; :meth:`acquire` checks a target's budget
+    and the chain's budget and, when both allow it, counts the escalation.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._decisions: dict[str, deque[float]] = defaultdict(deque)
+        self._escalations: dict[tuple[str, str | None], deque[float]] = defaultdict(deque)
+
+    def record_decision(self, scope: str) -> None:
+        """Count one decision (whatever its action) in ``scope``."""
+        with self._lock:
+            self._decisions[scope].append(self._clock())
+
+    def acquire(self, scope: str, target: Target, chain: Budget | None) -> str | None:
+        """Count an escalation to ``target`` and return ``None``, or say which budget is spent."""
+        with self._lock:
+            now = self._clock()
+            for budget, key, what in (
+                (target.budget, (scope, target.name), f"target {target.name!r}"),
+                (chain, (scope, None), "the escalation chain"),
+            ):
+                if budget is None:
+                    continue
+                spent = self._spent(budget, key, now)
+                if spent is not None:
+                    return f"{what} is over its budget: {spent}"
+            self._escalations[(scope, target.name)].append(now)
+            self._escalations[(scope, None)].append(now)
+            return None
+
+    def _spent(self, budget: Budget, key: tuple[str, str | None], now: float) -> str | None:
+        done = self._escalations[key]
+        horizon = max(budget.window_seconds, _MINUTE)
+        while done and done[0] < now - horizon:
+            done.popleft()
+        decisions = self._decisions[key[0]]
+        while decisions and decisions[0] < now - horizon:
+            decisions.popleft()
+        if budget.per_minute is not None:
+            last_minute = sum(1 for t in done if t >= now - _MINUTE)
+            if last_minute + 1 > budget.per_minute:
+                return (
+                    f"{last_minute} escalations in the last minute "
+                    f"(limit {budget.per_minute} per minute)"
+                )
+        if budget.max_share is not None:
+            in_window = sum(1 for t in done if t >= now - budget.window_seconds)
+            seen = sum(1 for t in decisions if t >= now - budget.window_seconds)
+            allowed = math.ceil(budget.max_share * max(seen, 1))
+            if in_window + 1 > allowed:
+                return (
+                    f"{in_window} escalations among {seen} decisions in the last "
+                    f"{budget.window_seconds:g} s (limit {budget.max_share:.0%} of decisions)"
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class ChainResult(Generic[T]):
+    """What an escalation ended with: the accepted target's result (or ``None``) and the
+    final decision, whose reasons tell the story of every target tried or skipped."""
+
+    result: T | None
+    decision: Decision
+    target: str | None
+
+
+def run_chain(
+    first: Decision,
+    policy: Policy,
+    attempt: Callable[[str], tuple[T, Decision]],
+    ledger: EscalationLedger,
+    *,
+    first_answered: bool,
+) -> ChainResult[T]:
+    """Escalate after ``first`` (an ``escalate`` decision) along the policy's chain.
+
+    ``attempt(target)`` asks one target and returns its result with the policy's decision on
+    it, or raises :class:`TargetFailed`. The first target whose decision is ``answer`` or
+    ``hedge`` wins. A target over its budget is skipped. When no target wins, the policy's
+    ``on_failure`` applies: ``defer``, or ``hedge`` the first answer when there was one
+    (``first_answered``; a model that found no answer cannot be hedged, so that defers).
+    """
+    settings = policy.actions.escalate
+    reasons = list(first.reasons)
+    for target in settings.targets:
+        spent = ledger.acquire(policy.name, target, settings.budget)
+        if spent is not None:
+            reasons.append(f"skipped escalation target {target.name!r}: {spent}")
+            continue
+        try:
+            result, decision = attempt(target.name)
+        except TargetFailed as exc:
+            reasons.append(f"escalation target {target.name!r} failed: {exc}")
+            continue
+        if decision.action in (Action.ANSWER, Action.HEDGE):
+            why = f"escalated to {target.name}: " + "; ".join(reasons)
+            return ChainResult(
+                result, replace(decision, reasons=(why, *decision.reasons)), target.name
+            )
+        reasons.append(
+            f"escalation target {target.name!r} was not confident either "
+            f"({'; '.join(decision.reasons)})"
+        )
+    if settings.on_failure is Action.HEDGE and first_answered:
+        action, ending = Action.HEDGE, "no escalation target answered: hedging the first answer"
+    else:
+        action, ending = Action.DEFER, "no escalation target produced an answer the policy accepts"
+    fallback = Decision(
+        action=action,
+        rule="escalation:exhausted",
+        reasons=(*reasons, ending),
+        policy_name=first.policy_name,
+        policy_hash=first.policy_hash,
+    )
+    return ChainResult(None, fallback, None)
