@@ -42,7 +42,16 @@ def _config(args: argparse.Namespace) -> GuardrailConfig:
 def _settings(settings_type: type[Config], args: argparse.Namespace) -> Config:
     """Settings of ``settings_type`` from the environment, overridden by the arguments."""
     overrides: dict[str, Any] = {}
-    for key in ("index_dir", "policy", "top_k", "cache_dir", "host", "port"):
+    for key in (
+        "index_dir",
+        "policy",
+        "top_k",
+        "cache_dir",
+        "host",
+        "port",
+        "shadow_policy",
+        "decision_log",
+    ):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -132,7 +141,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for i, t in enumerate(args.passage or [], start=1)
     ]
     guard = Guardrail.from_config(config, with_index=not given)
-    response = guard.ask(question, passages=given or None)
+    response = guard.ask(question, passages=given or None, tenant=args.tenant)
     if args.json:
         print(json.dumps(response.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -233,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="use this text as a passage instead of retrieval (repeatable)",
             )
         p.add_argument("--policy", help="bundled policy name or policy YAML path")
+        _policy_options(p)
+        if name == "ask":
+            p.add_argument("--tenant", help="use this tenant's policy from the policy file")
         p.add_argument("--top-k", type=int)
         p.add_argument("--no-escalation", action="store_true", help="configure no larger model")
         p.set_defaults(func=func)
@@ -241,12 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="interface to listen on (GUARDRAIL_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (GUARDRAIL_PORT, default 8000)")
     p.add_argument("--policy", help="bundled policy name or policy YAML path")
+    _policy_options(p)
     p.set_defaults(func=cmd_serve)
 
     from guardrail.evaluation.commands import register
+    from guardrail.policy_commands import register as register_policy
 
     register(sub, common)
+    register_policy(sub)
     return parser
+
+
+def _policy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shadow-policy",
+        help="a second policy decided and recorded on every answer, never enforced",
+    )
+    p.add_argument(
+        "--decision-log", type=Path, help="append every decision record to this JSONL file"
+    )
 
 
 def _run_evaluation_command(args: argparse.Namespace) -> int:

@@ -85,6 +85,29 @@ def decide(assessment: Assessment, policy: Policy) -> Decision:
     return _decision(policy, thresholds.otherwise, "threshold:otherwise", (reason, *notes))
 
 
+@dataclass(frozen=True)
+class RuleTrace:
+    """How one rule fared on an assessment: whether it matched, and why."""
+
+    rule: str
+    matched: bool
+    reasons: tuple[str, ...]
+
+
+def trace(assessment: Assessment, policy: Policy) -> tuple[list[RuleTrace], Decision]:
+    """Every rule checked before the decision, in order, and the decision itself.
+
+    The rules after the first match are not checked (first match wins), so they are absent.
+    """
+    traces: list[RuleTrace] = []
+    for rule in policy.rules:
+        outcome = _evaluate(rule.when, assessment)
+        traces.append(RuleTrace(rule.name, outcome.held, outcome.reasons))
+        if outcome.held:
+            break
+    return traces, decide(assessment, policy)
+
+
 def _decision(policy: Policy, action: Action, rule: str, reasons: tuple[str, ...]) -> Decision:
     return Decision(
         action=action,

@@ -6,6 +6,7 @@ calls need.
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -43,3 +44,29 @@ async def get_guard(state: StateDep) -> Guardrail:
 
 
 GuardDep = Annotated[Guardrail, Depends(get_guard)]
+
+
+async def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Admin operations need ``Authorization: Bearer <admin key>``: 401 without a key,
+    403 with a wrong one or when the server has no admin key configured."""
+    configured = settings.admin_key.get_secret_value() if settings.admin_key else ""
+    if not configured:
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "admin operations are disabled on this server: set GUARDRAIL_ADMIN_KEY to enable them",
+        )
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this operation needs the admin key: send the header 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.strip().encode(), configured.encode()):
+        raise ApiError(403, "forbidden", "the admin key is not valid")
+
+
+AdminDep = Depends(require_admin)

@@ -9,7 +9,7 @@ called, never at import time.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from guardrail.config import GuardrailConfig
@@ -25,3 +25,6 @@ class ServiceSettings(GuardrailConfig):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=65536, ge=1)
     """Larger request bodies are refused with 413 before they are parsed."""
+    admin_key: SecretStr | None = None
+    """The key of admin operations (``Authorization: Bearer <key>``); unset disables them.
+    Never logged or shown (``SecretStr``)."""
