@@ -144,3 +144,33 @@ def test_cli_ask_json_end_to_end(config: GuardrailConfig, guard: Guardrail) -> N
     assert len(record["policy_hash"]) == 16
     assert set(record["signals"]) >= {"cg_mean", "cg_min", "cg_first", "parametric_agreement"}
     assert Path(str(config.index_dir)).exists()
+
+
+def test_shadow_mode_end_to_end(guard: Guardrail, tmp_path: Path) -> None:
+    """The support-bot policy's `trial` tenant runs in shadow mode: with the real model, its
+    refusal is recorded in the decision log while the answer passes through unchanged."""
+    from guardrail.decision_log import DecisionLog, read_records
+    from guardrail.policy_commands import compare
+    from guardrail.policy_runtime import PolicyRuntime
+
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    shadowed = Guardrail(
+        backend=guard.backend,
+        policy=PolicyRuntime.from_setting("support-bot"),
+        index=guard.index,
+        config=guard.config,
+        decision_log=log,
+    )
+    question = "Who won the 2022 FIFA World Cup?"
+    enforced = shadowed.ask(question)
+    trial = shadowed.ask(question, tenant="trial")
+    assert enforced.action != "answer" and enforced.mode == "enforce"
+    assert trial.mode == "shadow" and trial.action == "answer"
+    assert trial.text == trial.answer  # passed through unchanged
+    assert trial.policy_action == enforced.policy_action != "answer"
+    assert trial.policy_name == "support-bot.trial"
+    records = list(read_records(log.path))
+    assert [r["tenant"] for r in records] == [None, "trial"]
+    summary = compare(records)
+    assert summary["decisions"] == 1
+    assert summary["table"] == {f"answer -> {trial.policy_action}": 1}

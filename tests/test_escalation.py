@@ -1,0 +1,199 @@
+"""Escalation chains as tables: targets in order, budgets, failures and the fallback."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from policies import Action, Decision, Policy, parse_policy
+from policies.escalation import ChainResult, EscalationLedger, TargetFailed, run_chain
+from policies.schema import Budget, Target
+
+SIGNALS = frozenset({"cg_mean"})
+FLAGS = frozenset({"model_abstained"})
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def chain_policy(escalate: str) -> Policy:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        name: chain
+        thresholds: {answer: 0.6, hedge: 0.3, otherwise: escalate}
+        actions:
+          escalate:
+        """
+    ) + textwrap.indent(textwrap.dedent(escalate), "    ")
+    return parse_policy(text, signal_names=SIGNALS, flag_names=FLAGS)
+
+
+FIRST = Decision(Action.ESCALATE, "threshold:otherwise", ("low confidence",), "chain", "h")
+
+
+def attempt_from(outcomes: dict[str, str], log: list[str]):  # type: ignore[no-untyped-def]
+    """Targets behave as the table says: an action they end with, or 'fail'."""
+
+    def attempt(target: str) -> tuple[str, Decision]:
+        log.append(target)
+        outcome = outcomes[target]
+        if outcome == "fail":
+            raise TargetFailed(f"{target} is down")
+        action = Action(outcome)
+        return f"answer of {target}", Decision(
+            action, "r", (f"{target} said {outcome}",), "chain", "h"
+        )
+
+    return attempt
+
+
+TWO_TARGETS = """\
+targets: [mid, large]
+on_failure: {on_failure}
+"""
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "on_failure", "first_answered", "tried", "action", "target"),
+    [
+        ({"mid": "answer", "large": "answer"}, "defer", True, ["mid"], "answer", "mid"),
+        ({"mid": "hedge", "large": "answer"}, "defer", True, ["mid"], "hedge", "mid"),
+        ({"mid": "fail", "large": "answer"}, "defer", True, ["mid", "large"], "answer", "large"),
+        ({"mid": "defer", "large": "answer"}, "defer", True, ["mid", "large"], "answer", "large"),
+        ({"mid": "escalate", "large": "hedge"}, "defer", True, ["mid", "large"], "hedge", "large"),
+        ({"mid": "fail", "large": "fail"}, "defer", True, ["mid", "large"], "defer", None),
+        ({"mid": "defer", "large": "fail"}, "defer", True, ["mid", "large"], "defer", None),
+        ({"mid": "fail", "large": "defer"}, "hedge", True, ["mid", "large"], "hedge", None),
+        ({"mid": "fail", "large": "defer"}, "hedge", False, ["mid", "large"], "defer", None),
+    ],
+)
+def test_chain_table(
+    outcomes: dict[str, str],
+    on_failure: str,
+    first_answered: bool,
+    tried: list[str],
+    action: str,
+    target: str | None,
+) -> None:
+    policy = chain_policy(TWO_TARGETS.format(on_failure=on_failure))
+    log: list[str] = []
+    result: ChainResult[str] = run_chain(
+        FIRST,
+        policy,
+        attempt_from(outcomes, log),
+        EscalationLedger(),
+        first_answered=first_answered,
+    )
+    assert log == tried
+    assert result.decision.action.value == action
+    assert result.target == target
+    assert result.decision.policy_name == "chain"
+    if target is None:
+        assert result.result is None
+        assert result.decision.rule == "escalation:exhausted"
+        # The reasons tell what happened to every target, after the first decision's.
+        assert result.decision.reasons[0] == "low confidence"
+        assert all(any(f"'{t}'" in r for r in result.decision.reasons) for t in tried)
+    else:
+        assert result.result == f"answer of {target}"
+        assert result.decision.reasons[0].startswith(f"escalated to {target}: low confidence")
+
+
+def test_failed_target_reason_names_the_failure() -> None:
+    policy = chain_policy(TWO_TARGETS.format(on_failure="defer"))
+    result = run_chain(
+        FIRST,
+        policy,
+        attempt_from({"mid": "fail", "large": "fail"}, []),
+        EscalationLedger(),
+        first_answered=True,
+    )
+    assert "escalation target 'mid' failed: mid is down" in result.decision.reasons
+    assert result.decision.reasons[-1] == (
+        "no escalation target produced an answer the policy accepts"
+    )
+
+
+def test_per_minute_budget_skips_to_the_next_target_and_recovers() -> None:
+    policy = chain_policy(
+        """\
+        targets:
+          - {name: mid, budget: {per_minute: 2}}
+          - large
+        """
+    )
+    clock = Clock()
+    ledger = EscalationLedger(clock)
+    outcomes = {"mid": "answer", "large": "answer"}
+    served = []
+    for _ in range(3):
+        ledger.record_decision("chain")
+        served.append(
+            run_chain(FIRST, policy, attempt_from(outcomes, []), ledger, first_answered=True)
+        )
+    assert [r.target for r in served] == ["mid", "mid", "large"]
+    assert any(
+        "target 'mid' is over its budget: 2 escalations in the last minute (limit 2 per minute)"
+        in reason
+        for reason in served[2].decision.reasons
+    )
+    clock.now += 61
+    ledger.record_decision("chain")
+    again = run_chain(FIRST, policy, attempt_from(outcomes, []), ledger, first_answered=True)
+    assert again.target == "mid"
+
+
+def test_share_budget_of_the_chain_falls_back_when_spent() -> None:
+    policy = chain_policy(
+        """\
+        targets: [mid]
+        budget: {max_share: 0.25}
+        on_failure: hedge
+        """
+    )
+    ledger = EscalationLedger(Clock())
+    results = []
+    for _ in range(8):
+        ledger.record_decision("chain")
+        results.append(
+            run_chain(
+                FIRST, policy, attempt_from({"mid": "answer"}, []), ledger, first_answered=True
+            )
+        )
+    # ceil(0.25 * n) escalations are allowed after n decisions: n=1 -> 1, n=5 -> 2.
+    escalated = [r.target == "mid" for r in results]
+    assert escalated == [True, False, False, False, True, False, False, False]
+    skipped = results[1].decision
+    assert skipped.action is Action.HEDGE and skipped.rule == "escalation:exhausted"
+    assert any("the escalation chain is over its budget" in r for r in skipped.reasons)
+
+
+def test_budgets_are_counted_per_policy() -> None:
+    ledger = EscalationLedger(Clock())
+    target = Target(name="mid", budget=Budget(per_minute=1))
+    assert ledger.acquire("a", target, None) is None
+    assert ledger.acquire("a", target, None) is not None
+    assert ledger.acquire("b", target, None) is None
+
+
+def test_a_share_budget_forgets_decisions_outside_its_window() -> None:
+    clock = Clock()
+    ledger = EscalationLedger(clock)
+    budget = Budget(max_share=0.5, window_seconds=100)
+    target = Target(name="mid")
+    for _ in range(10):
+        ledger.record_decision("p")
+    assert ledger.acquire("p", target, budget) is None
+    clock.now += 200  # the ten decisions and the escalation leave the window
+    ledger.record_decision("p")
+    assert ledger.acquire("p", target, budget) is None
+    assert ledger.acquire("p", target, budget) is not None

@@ -1,0 +1,282 @@
+"""Policy files as a whole: extends, tenants, the broken-file corpus, the JSON Schema and
+thresholds given as a risk target."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import jsonschema  # type: ignore[import-untyped]
+import numpy as np
+import pytest
+import yaml
+
+from guardrail.assessment import FLAG_NAMES
+from guardrail.calibration import LogisticCalibrator
+from guardrail.policy_runtime import load_policies
+from guardrail.signals import SIGNAL_NAMES
+from policies import Action, Assessment, PolicyError, bundled_policy_path, decide
+from policies.json_schema import policy_json_schema
+from policies.loader import load_policy_set, parse_policy_set
+
+BROKEN = Path(__file__).parent / "fixtures" / "policies" / "broken"
+BASE = """\
+version: 1
+name: base
+thresholds: {answer: 0.6, hedge: 0.3, otherwise: escalate}
+rules:
+  - name: abstained
+    when: {flag: model_abstained}
+    action: defer
+actions:
+  defer: {message: "Base says no."}
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load(path: Path):  # type: ignore[no-untyped-def]
+    return load_policy_set(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+def test_tenant_overrides_merge_onto_the_base(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        BASE
+        + """\
+tenants:
+  acme:
+    thresholds: {answer: 0.8}
+    actions: {escalate: {targets: [larger, largest]}}
+  beta:
+    extends: acme
+    mode: shadow
+    rules: []
+  named:
+    name: custom-name
+""",
+    )
+    policies = load(path)
+    base, acme, beta = policies.base, policies.tenants["acme"], policies.tenants["beta"]
+    # Mappings merge key by key: acme keeps the base's hedge and otherwise.
+    assert (acme.thresholds.answer, acme.thresholds.hedge) == (0.8, 0.3)
+    assert acme.thresholds.otherwise is Action.ESCALATE
+    assert acme.actions.escalate.target_names() == ("larger", "largest")
+    assert acme.actions.defer.message == "Base says no."
+    assert [r.name for r in acme.rules] == ["abstained"]
+    # beta builds on acme; a list (rules) replaces the inherited one whole.
+    assert beta.thresholds.answer == 0.8 and beta.mode == "shadow" and beta.rules == ()
+    # Names default to base.tenant; a tenant may name itself.
+    assert (acme.name, beta.name, policies.tenants["named"].name) == (
+        "base.acme",
+        "base.beta",
+        "custom-name",
+    )
+    # Every merged policy has its own hash; the base is untouched by its tenants.
+    hashes = {p.content_hash for p in policies.all().values()}
+    assert len(hashes) == 4
+    assert base.thresholds.answer == 0.6 and base.mode == "enforce"
+    assert policies.policy_for("acme") is acme
+    assert policies.policy_for("someone-else") is base
+    assert policies.policy_for(None) is base
+
+
+def test_tenant_decisions_differ_as_their_overrides_say(tmp_path: Path) -> None:
+    policies = load(
+        write(tmp_path, "p.yaml", BASE + "tenants:\n  acme: {thresholds: {answer: 0.8}}\n")
+    )
+    middling = Assessment(0.7, {})
+    assert decide(middling, policies.base).action is Action.ANSWER
+    decision = decide(middling, policies.tenants["acme"])
+    assert decision.action is Action.HEDGE
+    assert decision.policy_name == "base.acme"
+    assert decision.policy_hash == policies.tenants["acme"].content_hash
+
+
+def test_extends_a_file_and_a_bundled_policy(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    (tmp_path / "teams").mkdir()
+    child = write(
+        tmp_path / "teams",
+        "child.yaml",
+        """\
+        extends: ../base.yaml
+        name: child
+        thresholds: {hedge: 0.5}
+        """,
+    )
+    policy = load(child).base
+    assert policy.name == "child"
+    assert (policy.thresholds.answer, policy.thresholds.hedge) == (0.6, 0.5)
+    assert policy.actions.defer.message == "Base says no."
+    on_bundled = load(write(tmp_path, "b.yaml", "extends: strict\nname: my-strict\n")).base
+    strict = load(bundled_policy_path("strict")).base
+    assert on_bundled.rules == strict.rules and on_bundled.thresholds == strict.thresholds
+    assert on_bundled.content_hash != strict.content_hash  # the name differs
+
+
+def test_an_error_in_a_base_file_points_into_that_file(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE.replace("otherwise: escalate", "otherwise: answer"))
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\nname: child\n")
+    with pytest.raises(PolicyError) as caught:
+        load(child)
+    issue = caught.value.errors[0]
+    assert issue.source == str(tmp_path / "base.yaml") and issue.line == 3
+    assert "unknown action 'answer' for thresholds.otherwise" in str(caught.value)
+
+
+def test_a_broken_base_is_reported_once_not_once_per_tenant(tmp_path: Path) -> None:
+    text = BASE.replace("0.3", "0.9") + "tenants:\n  a: {}\n  b: {mode: shadow}\n"
+    with pytest.raises(PolicyError) as caught:
+        load(write(tmp_path, "p.yaml", text))
+    assert len(caught.value.errors) == 1, str(caught.value)
+
+
+def _expectation(path: Path) -> tuple[str | None, int, str]:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    found = re.fullmatch(r"# expect: (?:in (\S+) )?line (\d+): (.+)", first)
+    assert found, f"{path.name} must start with '# expect: [in FILE] line N: message'"
+    return found.group(1), int(found.group(2)), found.group(3)
+
+
+@pytest.mark.parametrize("path", sorted(BROKEN.glob("*.yaml")), ids=lambda p: p.stem)
+def test_broken_policy_corpus(path: Path) -> None:
+    """Each file names the error it must produce, its line and (if not itself) its file."""
+    in_file, line, fragment = _expectation(path)
+    with pytest.raises(PolicyError) as caught:
+        load(path)
+    matching = [issue for issue in caught.value.errors if fragment in issue.message]
+    assert matching, str(caught.value)
+    issue = matching[0]
+    assert issue.line == line, str(caught.value)
+    assert Path(issue.source or str(path)).name == (in_file or path.name)
+    # Every line of the message names a file and a position.
+    for text in str(caught.value).splitlines():
+        assert re.match(r"\S+\.yaml line \d+, column \d+: ", text), text
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+def test_the_schema_accepts_every_bundled_and_calibrated_policy() -> None:
+    schema = policy_json_schema(SIGNAL_NAMES, FLAG_NAMES)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    files = [bundled_policy_path(n) for n in ("balanced", "strict", "lenient", "support-bot")]
+    files += sorted((Path(__file__).parents[1] / "policies" / "calibrated").glob("*.yaml"))
+    for path in files:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        errors = [e.message for e in validator.iter_errors(data)]
+        assert not errors, (path.name, errors)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"thresolds": {}}, "'thresolds' was unexpected"),
+        ({"mode": "dry-run"}, "'dry-run' is not one of"),
+        (
+            {"rules": [{"name": "r", "when": {"signal": "cg_mena", "lt": 0}, "action": "defer"}]},
+            "'cg_mena' is not one of",
+        ),
+    ],
+)
+def test_the_schema_rejects_what_the_loader_rejects(change: dict, fragment: str) -> None:
+    data = yaml.safe_load(BASE) | change
+    validator = jsonschema.Draft202012Validator(policy_json_schema(SIGNAL_NAMES, FLAG_NAMES))
+    messages = [e.message for e in validator.iter_errors(data)]
+    assert any(fragment in m for m in messages) or any(
+        fragment in str(e.context) for e in validator.iter_errors(data)
+    ), messages
+
+
+# --------------------------------------------------------------------------- risk targets
+
+
+def calibrator_with_certification(folder: Path, scores: np.ndarray, correct: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [{"mean_logprob": float(v)} for v in rng.normal(size=40)]
+    labels = [bool(v > 0) for v in rng.normal(size=40)]
+    calibrator = LogisticCalibrator(("mean_logprob",)).fit(rows, labels)
+    calibrator.metadata = {
+        "certification": {
+            "data": "synthetic",
+            "scores": [float(s) for s in scores],
+            "correct": [bool(c) for c in correct],
+            "eligible": [True] * len(scores),
+        }
+    }
+    return calibrator.save(folder / "cal.json")
+
+
+RISK_POLICY = """\
+version: 1
+name: risky
+thresholds: {max_error_rate: 0.1, delta: 0.1, hedge_max_error_rate: 0.3}
+calibration: {calibrator: cal.json}
+"""
+
+
+def test_risk_target_is_certified_from_the_artifact(tmp_path: Path) -> None:
+    # 400 scores; above 0.5 the answers are right 97% of the time, below 50%.
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(size=400)
+    correct = np.where(scores > 0.5, rng.uniform(size=400) < 0.97, rng.uniform(size=400) < 0.5)
+    calibrator_with_certification(tmp_path, scores, correct)
+    policy = load_policies(write(tmp_path, "risky.yaml", RISK_POLICY)).base
+    certificate = policy.thresholds.certified
+    assert certificate is not None and certificate.answer_feasible and certificate.hedge_feasible
+    assert 0.3 < policy.thresholds.answer < 0.7
+    assert policy.thresholds.hedge <= policy.thresholds.answer
+    answered = scores >= policy.thresholds.answer
+    assert (~correct[answered]).mean() <= 0.1
+    assert "synthetic" in certificate.message
+    assert decide(Assessment(0.99, {}), policy).action is Action.ANSWER
+
+
+def test_an_infeasible_risk_target_defers_everything(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    scores = rng.uniform(size=200)
+    correct = rng.uniform(size=200) < 0.5  # a coin: no threshold keeps error <= 10%
+    calibrator_with_certification(tmp_path, scores, correct)
+    policy = load_policies(write(tmp_path, "risky.yaml", RISK_POLICY)).base
+    assert policy.thresholds.certified is not None
+    assert not policy.thresholds.certified.answer_feasible
+    for confidence in (0.0, 0.5, 1.0):
+        decision = decide(Assessment(confidence, {}), policy)
+        assert decision.action is Action.DEFER
+        assert "no threshold meets the policy's risk target" in decision.reasons[0]
+
+
+def test_a_risk_target_needs_certification_data(tmp_path: Path) -> None:
+    calibrator = LogisticCalibrator(("mean_logprob",)).fit(
+        [{"mean_logprob": v} for v in (-1.0, -0.5, 0.5, 1.0)], [False, False, True, True]
+    )
+    calibrator.save(tmp_path / "cal.json")
+    with pytest.raises(PolicyError) as caught:
+        load_policies(write(tmp_path, "risky.yaml", RISK_POLICY))
+    assert "holds no certification data" in str(caught.value)
+    assert "risky.yaml line 3" in str(caught.value)
+    # Without guardrail's resolver the loader says where such a policy can be loaded.
+    with pytest.raises(PolicyError, match="can only be certified where calibrators"):
+        parse_policy_set(RISK_POLICY, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+
+
+def test_calibrated_policies_in_the_repository_load_with_their_certificates() -> None:
+    folder = Path(__file__).parents[1] / "policies" / "calibrated"
+    for path in sorted(folder.glob("*.yaml")):
+        policy = load_policies(path).base
+        certificate = policy.thresholds.certified
+        assert certificate is not None, path.name
+        stored = json.loads((folder / f"{path.stem}.calibrator.json").read_text())
+        assert certificate.answer_feasible == stored["metadata"]["answer"]["feasible"]
