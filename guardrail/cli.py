@@ -105,7 +105,15 @@ def format_response(response: Response, *, verbose: bool = True) -> str:
         f"rule {response.rule}  model {response.model}"
         + ("  (escalated)" if response.escalated else "")
     )
+    if response.mode == "shadow":
+        head += f"  [shadow mode: the policy would {response.policy_action}; not enforced]"
     lines = [head, "", response.text, ""]
+    if response.shadow:
+        lines.insert(
+            1,
+            f"Shadow policy {response.shadow['policy_name']} would "
+            f"{response.shadow['action']} (rule {response.shadow['rule']})",
+        )
     if verbose:
         lines.append("Why: " + "; ".join(response.reasons))
         for flag, detail in response.flag_details.items():

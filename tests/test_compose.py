@@ -6,6 +6,7 @@ the app's routes, so that renaming a setting or a route breaks this test, not a 
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from guardrail.cli import build_parser
+from guardrail.pipeline import load_policy_setting
 from service import ServiceSettings
 from service.routes import router
 
@@ -42,8 +44,11 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     """A compose environment (a mapping or a list of NAME=value) as a dict."""
     env = service.get("environment") or {}
     if isinstance(env, list):
-        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+        pairs = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    else:
+        pairs = {str(k): str(v) for k, v in env.items()}
+    # Compose interpolation: ${NAME:-default} is the default when NAME is not set.
+    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in pairs.items()}
 
 
 def test_services_are_present(compose: dict[str, Any]) -> None:
@@ -74,6 +79,7 @@ def test_environment_names_real_settings(guardrail_service: dict[str, Any]) -> N
         }
     )
     assert settings.policy == env["GUARDRAIL_POLICY"]
+    assert load_policy_setting(settings.policy).name == settings.policy
 
 
 def test_cache_and_index_are_on_the_volume(
@@ -83,7 +89,7 @@ def test_cache_and_index_are_on_the_volume(
     mounts = [str(v).split(":") for v in guardrail_service["volumes"]]
     named = {source: target for source, target, *_ in mounts}
     assert set(named) <= set(compose["volumes"])
-    for variable in ("GUARDRAIL_CACHE_DIR", "GUARDRAIL_INDEX_DIR"):
+    for variable in ("GUARDRAIL_CACHE_DIR", "GUARDRAIL_INDEX_DIR", "GUARDRAIL_DECISION_LOG"):
         assert any(Path(env[variable]).is_relative_to(target) for target in named.values())
 
 

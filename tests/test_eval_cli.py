@@ -62,10 +62,13 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no threshold keeps the error" in out
     policy_file = tmp_path / "pol.yaml"
     data = yaml.safe_load(policy_file.read_text())
-    assert data["rules"][0]["name"] == "target-infeasible"
+    # The thresholds are the risk target; loading certifies them: infeasible here.
+    assert data["thresholds"]["max_error_rate"] == 0.1 and data["thresholds"]["delta"] == 0.1
     assert data["calibration"]["calibrator"] == "pol.calibrator.json"
     assert "seed=0 n=2" in data["calibration"]["fitted_on"]
     policy = load_policy_setting(str(policy_file))
+    assert policy.thresholds.certified is not None
+    assert not policy.thresholds.certified.answer_feasible
     scorer = policy_scorer(policy, policy_path(str(policy_file)))
     assert scorer.method.startswith("calibrated:")
     assert len((records / "records.jsonl").read_text().splitlines()) == 2

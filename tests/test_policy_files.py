@@ -280,3 +280,15 @@ def test_calibrated_policies_in_the_repository_load_with_their_certificates() ->
         assert certificate is not None, path.name
         stored = json.loads((folder / f"{path.stem}.calibrator.json").read_text())
         assert certificate.answer_feasible == stored["metadata"]["answer"]["feasible"]
+
+
+def test_the_policy_examples_in_the_docs_are_valid() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "policies.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", docs, flags=re.DOTALL)
+    complete = [b for b in blocks if b.startswith("version: 1")]
+    assert len(complete) >= 2
+    for block in complete:
+        policies = parse_policy_set(
+            block, source="docs/policies.md", signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES
+        )
+        assert policies.base.version == 1
