@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import ConfigError
+from guardrail.jsonl import iter_objects
 
 
 class DecisionLog:
@@ -41,18 +42,6 @@ class DecisionLog:
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     """The records of a decision log, in order; a malformed line is an error naming it."""
     path = Path(path)
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the decision log {path}: {exc.strerror or exc}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} line {number}: not a JSON record ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path} line {number}: expected a JSON object")
-            yield record
+    if not path.is_file():
+        raise ConfigError(f"no decision log at {path}")
+    yield from iter_objects(path, ConfigError)

@@ -60,7 +60,7 @@ def risk_resolver(folder: Path) -> RiskResolver:
 def certify_target(target: RiskTarget, calibrator_file: Path) -> Thresholds:
     """Thresholds certified for ``target`` on the calibrator's held-out certification data."""
     from guardrail.calibration import load_calibrator
-    from guardrail.risk import control_risk
+    from guardrail.risk import RiskControl, control_risk
 
     try:
         calibrator = load_calibrator(calibrator_file)
@@ -72,24 +72,21 @@ def certify_target(target: RiskTarget, calibrator_file: Path) -> Thresholds:
             f"calibrator {calibrator_file} holds no certification data (scores, correct, "
             "eligible); re-run `guardrail calibrate` to write it, or give fixed thresholds"
         )
-    answer = control_risk(
-        data["scores"],
-        data["correct"],
-        eligible=data["eligible"],
-        target_error=target.max_error_rate,
-        delta=target.delta,
-        method=target.method,
-    )
-    hedge = answer
-    if target.hedge_max_error_rate is not None:
-        hedge = control_risk(
+
+    def certify(error: float) -> RiskControl:
+        return control_risk(
             data["scores"],
             data["correct"],
             eligible=data["eligible"],
-            target_error=target.hedge_max_error_rate,
+            target_error=error,
             delta=target.delta,
             method=target.method,
         )
+
+    answer = certify(target.max_error_rate)
+    hedge = answer
+    if target.hedge_max_error_rate is not None:
+        hedge = certify(target.hedge_max_error_rate)
     t_answer = answer.threshold if answer.threshold is not None else 1.0
     t_hedge = hedge.threshold if hedge.threshold is not None else t_answer
     if answer.feasible:

@@ -122,7 +122,7 @@ def test_decision_log_keeps_every_decision_and_compare_reads_shadow_mode(
 def test_a_malformed_log_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"action": "answer"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"d.jsonl line 2: not a JSON record"):
+    with pytest.raises(ConfigError, match=r"d.jsonl:2: not valid JSON"):
         list(read_records(path))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import GuardrailError
+from guardrail.jsonl import iter_objects
 from retrievers import Passage
 
 
@@ -58,17 +59,7 @@ class DatasetSpec:
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     if not path.exists():
         raise DatasetError(f"{path} does not exist; set --data-dir to the folder of the sets")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{number}: expected a JSON object per line")
-            yield record
+    yield from iter_objects(path, DatasetError)
 
 
 def _json(path: Path) -> Any:
