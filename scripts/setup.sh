@@ -10,3 +10,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --progress-bar off -e ".[cpu,escalation,eval,dev]"
+
+# System packages the tests use: Debian's redis-server (the Redis decision store's tests start
+# their own server on 127.0.0.1). Installed only when missing.
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "Installing Debian packages: ${need[*]}" >&2
+  if ! $SUDO apt-get install -y -q "${need[@]}" >/dev/null; then
+    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get install -y -q "${need[@]}" >/dev/null
+  fi
+fi

@@ -1,0 +1,171 @@
+"""The decision store's interface, shared by the SQLite and the Redis implementation.
+
+A store keeps every decision record (what ``Guardrail.ask`` returns, plus an id), the
+feedback labels given for them, a response cache with a time to live, and per-minute rate
+limits; and it answers the dashboard's questions: counts of actions over time per tenant and
+policy, the confidence distribution, the latest decisions.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+CONFIDENCE_BINS = 10
+"""The confidence histogram has this many equal bins over [0, 1]."""
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (its backend is unreachable or failed)."""
+
+
+class UnknownDecisionError(KeyError):
+    """No decision has this id."""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A label for a past decision: was the response right, and anything else said."""
+
+    decision_id: str
+    correct: bool | None
+    label: str | None = None
+    comment: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "decision_id": self.decision_id,
+            "correct": self.correct,
+            "label": self.label,
+            "comment": self.comment,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """How many decisions of one action one tenant's policy made in one time bucket."""
+
+    start: float
+    tenant: str | None
+    policy: str
+    action: str
+    count: int
+
+
+class DecisionStore(Protocol):
+    """Where decisions, feedback, cached responses and rate-limit counts live."""
+
+    kind: str
+
+    def record(self, record: Mapping[str, Any]) -> str:
+        """Keep one decision record (it must have a string ``id``); return the id."""
+        ...
+
+    def get(self, decision_id: str) -> dict[str, Any]:
+        """The record with this id, or :class:`UnknownDecisionError`."""
+        ...
+
+    def add_feedback(self, feedback: Feedback) -> None:
+        """Keep a label for a recorded decision, or :class:`UnknownDecisionError`."""
+        ...
+
+    def feedback(self, decision_id: str) -> list[Feedback]:
+        """The labels given for a decision, oldest first."""
+        ...
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest records, newest first."""
+        ...
+
+    def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
+        """Counts per time bucket, tenant, policy and action (as enforced) since ``since``."""
+        ...
+
+    def confidence_histogram(self, since: float) -> dict[tuple[str | None, str], list[int]]:
+        """Per (tenant, policy): counts of confidences in :data:`CONFIDENCE_BINS` bins."""
+        ...
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        """A cached response record, or ``None`` when absent or expired."""
+        ...
+
+    def cache_put(self, key: str, record: Mapping[str, Any], ttl_seconds: int) -> None:
+        """Cache a response record for ``ttl_seconds``."""
+        ...
+
+    def hit_rate_limit(self, key: str, per_minute: int) -> bool:
+        """Count one request for ``key``; ``True`` when that exceeds ``per_minute``."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` when the store cannot be reached."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def new_decision_id() -> str:
+    """A fresh, unguessable decision id."""
+    return "dec_" + uuid.uuid4().hex
+
+
+def confidence_bin(confidence: float) -> int:
+    """The histogram bin of a confidence in [0, 1]."""
+    return min(int(max(confidence, 0.0) * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)
+
+
+def normalize_question(question: str) -> str:
+    """The question as a cache key part: Unicode-normalised, case-folded, spaces collapsed,
+    trailing punctuation dropped."""
+    text = unicodedata.normalize("NFKC", question).casefold()
+    text = re.sub(r"\s+", " ", text).strip()
+    return text.rstrip(" ?!.")
+
+
+def cache_key(question: str, corpus_version: str, policy_hash: str, tenant: str | None) -> str:
+    """The response cache key: the normalised question, the corpus version and the policy."""
+    import hashlib
+
+    parts = [normalize_question(question), corpus_version, policy_hash, tenant or ""]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def summary_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every store indexes a record by."""
+    return {
+        "id": str(record["id"]),
+        "at": float(record.get("recorded_at") or time.time()),
+        "tenant": record.get("tenant"),
+        "policy": str(record.get("policy_name", "")),
+        "action": str(record.get("action", "")),
+        "confidence": float(record.get("confidence") or 0.0),
+    }
+
+
+def bucket_start(at: float, bucket_seconds: int) -> float:
+    """The start of the bucket ``at`` falls in."""
+    return float(int(at // bucket_seconds) * bucket_seconds)
+
+
+def merge_buckets(rows: Sequence[Bucket]) -> list[Bucket]:
+    """Buckets with the same key summed, in time order."""
+    totals: dict[tuple[float, str | None, str, str], int] = {}
+    for row in rows:
+        key = (row.start, row.tenant, row.policy, row.action)
+        totals[key] = totals.get(key, 0) + row.count
+    return [
+        Bucket(start, tenant, policy, action, count)
+        for (start, tenant, policy, action), count in sorted(
+            totals.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2], kv[0][3])
+        )
+    ]

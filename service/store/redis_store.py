@@ -1,0 +1,209 @@
+"""The shared decision store: Redis, for several service replicas.
+
+Keys (all under a prefix, default ``guardrail:``):
+
+- ``decisions`` a stream of decision summaries (id, time, tenant, policy, action,
+  confidence), trimmed to about ``max_stream`` entries; ``record:<id>`` the full record
+  (a string, kept ``record_ttl_days``);
+- ``counts:<minute>`` a hash of ``tenant|policy|action`` -> count per minute, and
+  ``confidence:<hour>`` a hash of ``tenant|policy|bin`` -> count: the rolling refusal,
+  hedge and escalation rates and the confidence distribution, kept ``counter_ttl_days``;
+- ``feedback:<id>`` a list of labels; ``cache:<key>`` cached responses with a TTL;
+  ``rate:<key>:<minute>`` per-minute request counts.
+
+With ``appendonly yes`` Redis itself persists everything across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from service.store.base import (
+    CONFIDENCE_BINS,
+    Bucket,
+    Feedback,
+    StoreError,
+    UnknownDecisionError,
+    confidence_bin,
+    merge_buckets,
+    summary_fields,
+)
+
+_NONE = "-"  # how a missing tenant is written in counter fields
+
+
+def _tenant_out(value: str) -> str | None:
+    return None if value == _NONE else value
+
+
+class RedisStore:
+    """Decisions, counters, feedback, the response cache and rate limits in Redis."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "guardrail:",
+        max_stream: int = 100_000,
+        record_ttl_days: int = 90,
+        counter_ttl_days: int = 8,
+        timeout_seconds: float = 2.0,
+        clock: Any = time.time,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_stream = max_stream
+        self.record_ttl = record_ttl_days * 86400
+        self.counter_ttl = counter_ttl_days * 86400
+        self._clock = clock
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            decode_responses=True,
+        )
+
+    def _key(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis at {_safe_url(self.url)} failed to {what}: {exc}") from exc
+
+    def record(self, record: Mapping[str, Any]) -> str:
+        fields = summary_fields(record)
+        tenant = fields["tenant"] or _NONE
+        minute = int(fields["at"] // 60)
+        hour = int(fields["at"] // 3600)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(
+            self._key("record", fields["id"]),
+            json.dumps(dict(record), ensure_ascii=False, sort_keys=True),
+            ex=self.record_ttl,
+        )
+        pipe.xadd(
+            self._key("decisions"),
+            {k: ("" if v is None else str(v)) for k, v in fields.items()},
+            maxlen=self.max_stream,
+            approximate=True,
+        )
+        counts = self._key("counts", minute)
+        pipe.hincrby(counts, f"{tenant}|{fields['policy']}|{fields['action']}", 1)
+        pipe.expire(counts, self.counter_ttl)
+        confidence = self._key("confidence", hour)
+        pipe.hincrby(
+            confidence, f"{tenant}|{fields['policy']}|{confidence_bin(fields['confidence'])}", 1
+        )
+        pipe.expire(confidence, self.counter_ttl)
+        self._call("record a decision", pipe.execute)
+        return str(fields["id"])
+
+    def get(self, decision_id: str) -> dict[str, Any]:
+        raw = self._call("read a decision", self._redis.get, self._key("record", decision_id))
+        if raw is None:
+            raise UnknownDecisionError(decision_id)
+        record: dict[str, Any] = json.loads(raw)
+        return record
+
+    def add_feedback(self, feedback: Feedback) -> None:
+        self.get(feedback.decision_id)
+        key = self._key("feedback", feedback.decision_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.rpush(key, json.dumps(feedback.to_dict()))
+        pipe.expire(key, self.record_ttl)
+        self._call("store feedback", pipe.execute)
+
+    def feedback(self, decision_id: str) -> list[Feedback]:
+        raw = self._call(
+            "read feedback", self._redis.lrange, self._key("feedback", decision_id), 0, -1
+        )
+        labels = [json.loads(item) for item in raw]
+        return [
+            Feedback(f["decision_id"], f["correct"], f["label"], f["comment"], f["at"])
+            for f in labels
+        ]
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        entries = self._call(
+            "read the decision stream", self._redis.xrevrange, self._key("decisions"), count=limit
+        )
+        ids = [fields["id"] for _, fields in entries]
+        if not ids:
+            return []
+        raw = self._call("read decisions", self._redis.mget, [self._key("record", i) for i in ids])
+        return [json.loads(item) for item in raw if item is not None]
+
+    def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
+        first, last = int(since // 60), int(self._clock() // 60)
+        minutes = list(range(first, last + 1))
+        pipe = self._redis.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(self._key("counts", minute))
+        results = self._call("read counters", pipe.execute)
+        rows: list[Bucket] = []
+        for minute, counts in zip(minutes, results, strict=True):
+            start = float((minute * 60) // bucket_seconds * bucket_seconds)
+            for field, count in counts.items():
+                tenant, policy, action = field.split("|", 2)
+                rows.append(Bucket(start, _tenant_out(tenant), policy, action, int(count)))
+        return merge_buckets(rows)
+
+    def confidence_histogram(self, since: float) -> dict[tuple[str | None, str], list[int]]:
+        hours = range(int(since // 3600), int(self._clock() // 3600) + 1)
+        pipe = self._redis.pipeline(transaction=False)
+        for hour in hours:
+            pipe.hgetall(self._key("confidence", hour))
+        histogram: dict[tuple[str | None, str], list[int]] = {}
+        for counts in self._call("read the confidence histogram", pipe.execute):
+            for field, count in counts.items():
+                tenant, policy, index = field.rsplit("|", 2)
+                bins = histogram.setdefault((_tenant_out(tenant), policy), [0] * CONFIDENCE_BINS)
+                bins[int(index)] += int(count)
+        return histogram
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        raw = self._call("read the response cache", self._redis.get, self._key("cache", key))
+        return None if raw is None else json.loads(raw)
+
+    def cache_put(self, key: str, record: Mapping[str, Any], ttl_seconds: int) -> None:
+        self._call(
+            "write the response cache",
+            self._redis.set,
+            self._key("cache", key),
+            json.dumps(dict(record), ensure_ascii=False),
+            ex=ttl_seconds,
+        )
+
+    def hit_rate_limit(self, key: str, per_minute: int) -> bool:
+        counter = self._key("rate", key, int(self._clock() // 60))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(counter)
+        pipe.expire(counter, 120)
+        count, _ = self._call("count a request", pipe.execute)
+        return int(count) > per_minute
+
+    def ping(self) -> None:
+        self._call("answer a ping", self._redis.ping)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,185 @@
+"""A shared store that never loses a decision: Redis first, a local SQLite spool when Redis
+is unreachable, drained back into Redis once it answers again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from service.store.base import (
+    Bucket,
+    DecisionStore,
+    Feedback,
+    StoreError,
+    UnknownDecisionError,
+    merge_buckets,
+)
+from service.store.sqlite import SqliteStore
+
+logger = logging.getLogger(__name__)
+
+
+class ResilientStore:
+    """``primary`` (Redis) with ``spool`` (SQLite) as the fallback for writes.
+
+    While the primary fails, decisions go to the spool and :attr:`degraded` says why; reads
+    fall back to the spool's (partial) view. Every write first tries to drain the spool
+    (at most every ``retry_seconds``), oldest first, deleting each record only once the
+    primary holds it.
+    """
+
+    def __init__(
+        self,
+        primary: DecisionStore,
+        spool: SqliteStore,
+        *,
+        retry_seconds: float = 5.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.primary = primary
+        self.spool = spool
+        self.kind = f"{primary.kind}+spool"
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_try = float("-inf")
+        self.degraded: str | None = None
+        self.fallbacks = 0
+        """How many operations fell back to the spool (for the metrics)."""
+        self._pending = bool(spool.all_records())
+
+    def _failed(self, exc: StoreError) -> None:
+        if self.degraded is None:
+            logger.warning("decision store degraded, using the local spool: %s", exc)
+        self.degraded = str(exc)
+        self.fallbacks += 1
+
+    def _drain(self) -> None:
+        """Move spooled records into the primary, oldest first."""
+        with self._lock:
+            if not self._pending or self._clock() - self._last_try < self.retry_seconds:
+                return
+            self._last_try = self._clock()
+            try:
+                for record in self.spool.all_records():
+                    self.primary.record(record)
+                    for label in self.spool.feedback(str(record["id"])):
+                        self.primary.add_feedback(label)
+                    self.spool.delete(str(record["id"]))
+            except StoreError as exc:
+                self._failed(exc)
+                return
+            self._pending = False
+            if self.degraded is not None:
+                logger.info("decision store recovered; the spool is drained")
+            self.degraded = None
+
+    def record(self, record: Mapping[str, Any]) -> str:
+        self._drain()
+        try:
+            decision_id = self.primary.record(record)
+        except StoreError as exc:
+            self._failed(exc)
+            self._pending = True
+            return self.spool.record(record)
+        self.degraded = None
+        return decision_id
+
+    def get(self, decision_id: str) -> dict[str, Any]:
+        try:
+            return self.primary.get(decision_id)
+        except UnknownDecisionError:
+            return self.spool.get(decision_id)
+        except StoreError as exc:
+            self._failed(exc)
+            return self.spool.get(decision_id)
+
+    def add_feedback(self, feedback: Feedback) -> None:
+        try:
+            self.primary.add_feedback(feedback)
+            return
+        except UnknownDecisionError:
+            pass
+        except StoreError as exc:
+            self._failed(exc)
+        # The decision is in the spool (recorded while the primary was down): the label waits
+        # there with it. A decision held only by an unreachable primary cannot be labelled now.
+        try:
+            self.spool.add_feedback(feedback)
+        except UnknownDecisionError:
+            if self.degraded is not None:
+                raise StoreError(
+                    f"the decision store is unavailable ({self.degraded}); retry later"
+                ) from None
+            raise
+        self._pending = True
+
+    def feedback(self, decision_id: str) -> list[Feedback]:
+        try:
+            labels = self.primary.feedback(decision_id)
+        except StoreError as exc:
+            self._failed(exc)
+            labels = []
+        return labels + self.spool.feedback(decision_id)
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        spooled = self.spool.recent(limit)
+        try:
+            records = self.primary.recent(limit)
+        except StoreError as exc:
+            self._failed(exc)
+            records = []
+        merged = sorted(spooled + records, key=lambda r: r.get("recorded_at", 0), reverse=True)
+        return merged[:limit]
+
+    def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
+        spooled = self.spool.action_counts(since, bucket_seconds)
+        try:
+            counted = self.primary.action_counts(since, bucket_seconds)
+        except StoreError as exc:
+            self._failed(exc)
+            counted = []
+        return merge_buckets([*counted, *spooled])
+
+    def confidence_histogram(self, since: float) -> dict[tuple[str | None, str], list[int]]:
+        merged = self.spool.confidence_histogram(since)
+        try:
+            counted = self.primary.confidence_histogram(since)
+        except StoreError as exc:
+            self._failed(exc)
+            counted = {}
+        for key, bins in counted.items():
+            mine = merged.setdefault(key, [0] * len(bins))
+            merged[key] = [a + b for a, b in zip(mine, bins, strict=True)]
+        return merged
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.primary.cache_get(key)
+        except StoreError as exc:
+            self._failed(exc)
+            return None
+
+    def cache_put(self, key: str, record: Mapping[str, Any], ttl_seconds: int) -> None:
+        try:
+            self.primary.cache_put(key, record, ttl_seconds)
+        except StoreError as exc:
+            self._failed(exc)
+
+    def hit_rate_limit(self, key: str, per_minute: int) -> bool:
+        try:
+            return self.primary.hit_rate_limit(key, per_minute)
+        except StoreError as exc:
+            self._failed(exc)
+            # Counted per replica while the shared counter is down.
+            return self.spool.hit_rate_limit(key, per_minute)
+
+    def ping(self) -> None:
+        self.primary.ping()
+
+    def close(self) -> None:
+        self.primary.close()
+        self.spool.close()

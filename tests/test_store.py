@@ -1,0 +1,256 @@
+"""The decision store contract, run against SQLite and against a real Redis server; then
+persistence across restarts and the spool that keeps decisions while Redis is down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import RedisServer
+
+from service.store import (
+    Bucket,
+    DecisionStore,
+    Feedback,
+    RedisStore,
+    ResilientStore,
+    SqliteStore,
+    StoreError,
+    UnknownDecisionError,
+    cache_key,
+    normalize_question,
+)
+
+T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15), on a minute and hour boundary... nearly
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def decision(
+    n: int, *, at: float = T0, tenant: str | None = None, action: str = "answer", c: float = 0.9
+) -> dict[str, Any]:
+    return {
+        "id": f"dec_{n}",
+        "recorded_at": at,
+        "tenant": tenant,
+        "policy_name": "balanced" if tenant is None else f"balanced.{tenant}",
+        "action": action,
+        "confidence": c,
+        "question": f"question {n}",
+        "text": f"text {n} ü",
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "resilient"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[tuple[DecisionStore, Clock]]:
+    clock = Clock()
+    made: DecisionStore
+    if request.param == "sqlite":
+        made = SqliteStore(tmp_path / "d.sqlite", clock=clock)
+    else:
+        prefix = f"test:{tmp_path.name}:"  # every test its own keys on the shared server
+        redis_store = RedisStore(redis_server.url, prefix=prefix, clock=clock)
+        if request.param == "redis":
+            made = redis_store
+        else:
+            made = ResilientStore(redis_store, SqliteStore(tmp_path / "spool.sqlite", clock=clock))
+    yield made, clock
+    made.close()
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_record_and_get(store: tuple[DecisionStore, Clock]) -> None:
+    s, _ = store
+    assert s.record(decision(1)) == "dec_1"
+    assert s.get("dec_1") == decision(1)
+    with pytest.raises(UnknownDecisionError):
+        s.get("dec_nope")
+
+
+def test_feedback(store: tuple[DecisionStore, Clock]) -> None:
+    s, _ = store
+    s.record(decision(1))
+    s.add_feedback(Feedback("dec_1", False, label="wrong-year", comment="it was 1974", at=T0))
+    s.add_feedback(Feedback("dec_1", True, at=T0 + 1))
+    labels = s.feedback("dec_1")
+    assert [(f.correct, f.label) for f in labels] == [(False, "wrong-year"), (True, None)]
+    assert labels[0].comment == "it was 1974"
+    assert s.feedback("dec_other") == []
+    with pytest.raises(UnknownDecisionError):
+        s.add_feedback(Feedback("dec_nope", True))
+
+
+def test_recent_is_newest_first(store: tuple[DecisionStore, Clock]) -> None:
+    s, _ = store
+    for n in range(5):
+        s.record(decision(n, at=T0 + n))
+    assert [r["id"] for r in s.recent(3)] == ["dec_4", "dec_3", "dec_2"]
+    assert len(s.recent(50)) == 5
+
+
+def test_action_counts_by_bucket_tenant_and_policy(store: tuple[DecisionStore, Clock]) -> None:
+    s, clock = store
+    start = T0 - T0 % 3600
+    s.record(decision(1, at=start + 10, action="answer"))
+    s.record(decision(2, at=start + 20, action="defer"))
+    s.record(decision(3, at=start + 30, action="defer", tenant="acme"))
+    s.record(decision(4, at=start + 3700, action="defer"))
+    s.record(decision(5, at=start - 7200, action="answer"))  # before the window
+    clock.now = start + 3800
+    counts = s.action_counts(since=start, bucket_seconds=3600)
+    assert counts == [
+        Bucket(start, None, "balanced", "answer", 1),
+        Bucket(start, None, "balanced", "defer", 1),
+        Bucket(start, "acme", "balanced.acme", "defer", 1),
+        Bucket(start + 3600, None, "balanced", "defer", 1),
+    ]
+
+
+def test_confidence_histogram(store: tuple[DecisionStore, Clock]) -> None:
+    s, clock = store
+    for n, c in enumerate((0.0, 0.05, 0.55, 0.99, 1.0)):
+        s.record(decision(n, at=T0, c=c))
+    s.record(decision(9, at=T0, c=0.3, tenant="acme"))
+    clock.now = T0 + 10
+    histogram = s.confidence_histogram(since=T0 - 60)
+    assert histogram[(None, "balanced")] == [2, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert histogram[("acme", "balanced.acme")] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+
+
+def test_response_cache(store: tuple[DecisionStore, Clock]) -> None:
+    s, _ = store
+    key = cache_key("What is X?", "corpus-1", "hash-1", None)
+    assert s.cache_get(key) is None
+    s.cache_put(key, {"text": "X"}, ttl_seconds=60)
+    assert s.cache_get(key) == {"text": "X"}
+    assert s.cache_get(cache_key("What is X?", "corpus-2", "hash-1", None)) is None
+
+
+def test_rate_limit_counts_per_key_and_minute(store: tuple[DecisionStore, Clock]) -> None:
+    s, clock = store
+    clock.now = T0 - T0 % 60 + 1
+    assert [s.hit_rate_limit("key-a", 3) for _ in range(4)] == [False, False, False, True]
+    assert s.hit_rate_limit("key-b", 3) is False
+    clock.now += 60
+    assert s.hit_rate_limit("key-a", 3) is False
+
+
+def test_ping(store: tuple[DecisionStore, Clock]) -> None:
+    s, _ = store
+    s.ping()
+
+
+# --------------------------------------------------------------------------- expiry, keys
+
+
+def test_cache_entries_expire(tmp_path: Path, redis_server: RedisServer) -> None:
+    clock = Clock()
+    sqlite = SqliteStore(tmp_path / "d.sqlite", clock=clock)
+    sqlite.cache_put("k", {"a": 1}, ttl_seconds=30)
+    clock.now += 31
+    assert sqlite.cache_get("k") is None
+    redis_store = RedisStore(redis_server.url, prefix=f"ttl:{tmp_path.name}:")
+    redis_store.cache_put("k", {"a": 1}, ttl_seconds=30)
+    ttl = redis_store._redis.ttl(redis_store._key("cache", "k"))
+    assert 0 < ttl <= 30
+
+
+def test_cache_key_normalises_the_question() -> None:
+    assert normalize_question("  What  is THE capital of France?? ") == (
+        "what is the capital of france"
+    )
+    same = cache_key("What is the capital of France?", "c", "p", "acme")
+    assert same == cache_key("what is the  capital of France", "c", "p", "acme")
+    assert same != cache_key("What is the capital of France?", "c", "p", "other")
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_sqlite_survives_reopening(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "d.sqlite")
+    first.record(decision(1))
+    first.add_feedback(Feedback("dec_1", True))
+    first.close()
+    again = SqliteStore(tmp_path / "d.sqlite")
+    assert again.get("dec_1") == decision(1)
+    assert len(again.feedback("dec_1")) == 1
+
+
+def test_redis_survives_a_server_restart(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        RedisStore(server.url).record(decision(1))
+        server.stop()
+        server.start()
+        assert RedisStore(server.url).get("dec_1") == decision(1)
+    finally:
+        server.stop()
+
+
+def test_no_decision_is_lost_while_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    clock = Clock(0.0)
+    store = ResilientStore(
+        RedisStore(server.url, timeout_seconds=0.5),
+        SqliteStore(tmp_path / "spool.sqlite"),
+        retry_seconds=5,
+        clock=clock,
+    )
+    try:
+        store.record(decision(1))
+        assert store.degraded is None
+        server.stop()
+        store.record(decision(2))
+        store.add_feedback(Feedback("dec_2", False))
+        assert store.degraded is not None and "Redis" in store.degraded
+        assert store.get("dec_2") == decision(2)  # from the spool
+        with pytest.raises(StoreError, match="retry later"):
+            store.add_feedback(Feedback("dec_1", True))  # only the unreachable Redis has it
+        with pytest.raises(StoreError):
+            store.ping()
+        server.start()
+        clock.now += 10
+        store.record(decision(3))  # drains the spool first
+        assert store.degraded is None
+        redis_only = RedisStore(server.url)
+        assert [redis_only.get(f"dec_{n}")["id"] for n in (1, 2, 3)] == ["dec_1", "dec_2", "dec_3"]
+        assert [f.correct for f in redis_only.feedback("dec_2")] == [False]
+        assert store.spool.all_records() == []
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_a_spool_left_by_a_previous_process_is_drained(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    spool = SqliteStore(tmp_path / "spool.sqlite")
+    spool.record(decision(7))
+    spool.close()
+    prefix = f"drain:{tmp_path.name}:"
+    store = ResilientStore(
+        RedisStore(redis_server.url, prefix=prefix), SqliteStore(tmp_path / "spool.sqlite")
+    )
+    store.record(decision(8))
+    assert RedisStore(redis_server.url, prefix=prefix).get("dec_7") == decision(7)
+    assert store.spool.all_records() == []
