@@ -16,10 +16,14 @@ from fastapi import FastAPI
 
 from guardrail.pipeline import Guardrail
 from service.errors import install_error_handlers
+from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware
+from service.openai_api import router as openai_router
+from service.recording import Answerer
 from service.routes import router
 from service.settings import ServiceSettings
 from service.state import ServiceState
+from service.store import open_store
 
 
 def create_app(
@@ -33,22 +37,31 @@ def create_app(
     """
     settings = settings if settings is not None else ServiceSettings()
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ServiceState(settings)
+        # The store first: decisions must have somewhere to go before any is made.
+        store = open_store(settings)
+        state = ServiceState(settings, Answerer(settings, store, metrics))
         if guard is not None:
             state.set_ready(guard)
         else:
             state.build_in_background()
         app.state.service = state
-        yield
+        try:
+            yield
+        finally:
+            store.close()
 
     app = FastAPI(
         title="guardrail",
         summary="Selective-answering RAG: answer, hedge, defer or escalate.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     app.include_router(router)
+    app.include_router(openai_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(InternalErrorMiddleware)  # added last: the outermost of the two
     install_error_handlers(app)

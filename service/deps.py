@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from guardrail.pipeline import Guardrail
 from service.errors import ApiError
+from service.recording import ANONYMOUS, Answerer, Caller
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -70,3 +71,53 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
 
 
 AdminDep = Depends(require_admin)
+
+
+async def get_answerer(state: StateDep) -> Answerer:
+    """What every answering endpoint records with (the store, the metrics)."""
+    if state.answerer is None:
+        raise ApiError(503, "not_ready", "the decision store is not open yet")
+    return state.answerer
+
+
+AnswererDep = Annotated[Answerer, Depends(get_answerer)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+async def get_caller(request: Request, settings: SettingsDep) -> Caller:
+    """The caller's tenant from their API key (``Authorization: Bearer <key>``).
+
+    Without configured API keys every caller is anonymous (the base policy). With them, a
+    request without a key, or with a key that is not configured, is a 401; the admin key
+    also works here, as the base policy.
+    """
+    if not settings.api_keys:
+        return ANONYMOUS
+    given = _bearer(request)
+    if given is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    for key, tenant in settings.api_keys.items():
+        if hmac.compare_digest(given.encode(), key.encode()):
+            return Caller.from_key(key, tenant or None)
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
+    if admin and hmac.compare_digest(given.encode(), admin.encode()):
+        return Caller.from_key(admin, None)
+    raise ApiError(
+        401,
+        "invalid_api_key",
+        "the API key is not valid",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -40,7 +40,7 @@ from guardrail.errors import (
 )
 from policies import PolicyError
 from retrievers import RetrieverError
-from service.schemas import USAGE
+from service.schemas import usage_for
 
 PIPELINE_ERRORS = (GuardrailError, RetrieverError, PolicyError)
 """The error roots of the layers below; their messages are written for users."""
@@ -68,16 +68,36 @@ class ApiError(HTTPException):
         self.message = message
 
 
-def error_body(error_type: str, message: str) -> dict[str, Any]:
-    """The JSON body of every error response."""
+OPENAI_PATHS = ("/v1/chat/", "/v1/completions", "/v1/models")
+"""Routes of the OpenAI-compatible API: their errors also carry ``param`` and ``code``, as
+OpenAI's do, so that OpenAI clients read them."""
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` belongs to the OpenAI-compatible API."""
+    return path.startswith(OPENAI_PATHS)
+
+
+def error_body(error_type: str, message: str, *, openai: bool = False) -> dict[str, Any]:
+    """The JSON body of every error response (OpenAI's shape on the OpenAI routes)."""
+    if openai:
+        return {
+            "error": {"type": error_type, "message": message, "param": None, "code": error_type}
+        }
     return {"error": {"type": error_type, "message": message}}
 
 
 def error_response(
-    status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error_type: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
-    """A JSON error response."""
-    return JSONResponse(error_body(error_type, message), status_code=status, headers=headers)
+    """A JSON error response for a request to ``path``."""
+    body = error_body(error_type, message, openai=is_openai_path(path))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def one_line(exc: BaseException) -> str:
@@ -135,17 +155,18 @@ def _problem(error: dict[str, Any]) -> str:
 def validation_error(request: Request, exc: RequestValidationError) -> ApiError:
     """The 400, 415 or 422 that a FastAPI validation error stands for, with a clear message."""
     errors = list(exc.errors())
+    usage = usage_for(request.url.path)
     for error in errors:
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "JSON decode error")
             loc = error.get("loc", ())
             at = f" (character {loc[1]})" if len(loc) > 1 else ""
             return ApiError(
-                400, "invalid_json", f"the request body is not valid JSON: {reason}{at}; {USAGE}"
+                400, "invalid_json", f"the request body is not valid JSON: {reason}{at}; {usage}"
             )
     whole = next((e for e in errors if tuple(e.get("loc", ())) == ("body",)), None)
     if whole is not None and whole.get("type") == "missing":
-        return ApiError(422, "invalid_request", f"the request has no body; {USAGE}")
+        return ApiError(422, "invalid_request", f"the request has no body; {usage}")
     if whole is not None and isinstance(whole.get("input"), bytes):
         # FastAPI passes a body that is not declared as JSON on as bytes.
         content_type = request.headers.get("content-type") or "no Content-Type"
@@ -153,15 +174,17 @@ def validation_error(request: Request, exc: RequestValidationError) -> ApiError:
             415,
             "unsupported_media_type",
             f"the body must be JSON sent with Content-Type: application/json "
-            f"(got {content_type}); {USAGE}",
+            f"(got {content_type}); {usage}",
         )
     problems = "; ".join(_problem(dict(error)) for error in errors)
-    return ApiError(422, "invalid_request", f"invalid request: {problems}; {USAGE}")
+    return ApiError(422, "invalid_request", f"invalid request: {problems}; {usage}")
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.error_type, exc.message, exc.headers)
+    return error_response(
+        exc.status_code, exc.error_type, exc.message, exc.headers, path=request.url.path
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -175,7 +198,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     error_type = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    return error_response(status, error_type, message, exc.headers)
+    return error_response(status, error_type, message, exc.headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -185,7 +208,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     status, error_type = classify(exc)
-    return error_response(status, error_type, one_line(exc))
+    return error_response(status, error_type, one_line(exc), path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

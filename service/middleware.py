@@ -44,6 +44,7 @@ class BodyLimitMiddleware:
                 "body_too_large",
                 f"the request body has {declared} bytes; the limit is {self.max_bytes} bytes "
                 "(setting max_body_bytes)",
+                path=scope["path"],
             )
             await response(scope, receive, send)
             return
@@ -100,5 +101,6 @@ class InternalErrorMiddleware:
                 500,
                 "internal_error",
                 "an unexpected error occurred on the server; it has been logged",
+                path=scope["path"],
             )
             await response(scope, receive, send)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from guardrail.policy_runtime import RELOAD_ERRORS, Loaded
-from service.deps import AdminDep, GuardDep, StateDep
-from service.errors import error_body
-from service.schemas import AnswerRequest
+from service.deps import AdminDep, AnswererDep, CallerDep, GuardDep, StateDep
+from service.errors import ApiError, error_body
+from service.metrics import Metrics
+from service.schemas import AnswerRequest, FeedbackRequest
+from service.store import Feedback, StoreError, UnknownDecisionError
 
 router = APIRouter()
 
@@ -35,25 +37,77 @@ async def readyz(state: StateDep) -> dict[str, Any] | JSONResponse:
             status_code=503,
             headers=error.headers,
         )
+    store = (
+        await run_in_threadpool(state.answerer.store_status) if state.answerer is not None else None
+    )
     return {
         "status": "ready",
         "policy": guard.policy.name,
         "policy_hash": guard.policy.content_hash,
         "index_passages": len(guard.index) if guard.index is not None else 0,
         "model": guard.backend.name,
+        "store": store,
     }
 
 
 @router.post(
     "/v1/answer", responses={400: _ERROR, 413: _ERROR, 422: _ERROR, 500: _ERROR, 503: _ERROR}
 )
-async def answer(body: AnswerRequest, guard: GuardDep) -> dict[str, Any]:
-    """Answer, hedge, defer or escalate one question, with the full decision record."""
-    # A bad question is refused here, before it queues for the model.
-    question = guard.check_question(body.question)
-    # The model runs for seconds on the CPU: keep it off the event loop.
-    response = await run_in_threadpool(guard.ask, question, passages=body.to_passages())
-    return response.to_dict()
+async def answer(
+    body: AnswerRequest, guard: GuardDep, caller: CallerDep, answerer: AnswererDep
+) -> dict[str, Any]:
+    """Answer, hedge, defer or escalate one question, with the full decision record (its
+    ``id`` names it for ``/v1/feedback``). The caller's API key picks the tenant's policy."""
+    return await answerer.answer(
+        guard, body.question, body.to_passages(), caller, endpoint="answer"
+    )
+
+
+@router.post("/v1/feedback", responses={401: _ERROR, 404: _ERROR, 422: _ERROR, 503: _ERROR})
+async def feedback(
+    body: FeedbackRequest, caller: CallerDep, answerer: AnswererDep
+) -> dict[str, Any]:
+    """A label for a past decision (was it right?), kept for recalibration. A tenant can
+    only label its own decisions."""
+    label = Feedback(body.decision_id, body.correct, body.label, body.comment)
+    try:
+        record = await run_in_threadpool(answerer.store.get, body.decision_id)
+        if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
+            raise UnknownDecisionError(body.decision_id)
+        await run_in_threadpool(answerer.store.add_feedback, label)
+    except UnknownDecisionError:
+        raise ApiError(
+            404, "unknown_decision", f"no decision {body.decision_id!r} for this API key"
+        ) from None
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
+    return {"recorded": True, "feedback": label.to_dict()}
+
+
+@router.get("/v1/decisions/{decision_id}", responses={401: _ERROR, 404: _ERROR, 503: _ERROR})
+async def get_decision(
+    decision_id: str, caller: CallerDep, answerer: AnswererDep
+) -> dict[str, Any]:
+    """A recorded decision with its feedback (a tenant sees only its own)."""
+    try:
+        record = await run_in_threadpool(answerer.store.get, decision_id)
+        if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
+            raise UnknownDecisionError(decision_id)
+        labels = await run_in_threadpool(answerer.store.feedback, decision_id)
+    except UnknownDecisionError:
+        raise ApiError(
+            404, "unknown_decision", f"no decision {decision_id!r} for this API key"
+        ) from None
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
+    return {**record, "feedback": [f.to_dict() for f in labels]}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=registry.content_type)
 
 
 def _policies_body(loaded: Loaded) -> dict[str, Any]:

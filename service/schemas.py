@@ -17,6 +17,24 @@ USAGE = (
 )
 """What a valid /v1/answer body looks like, appended to every request error."""
 
+FEEDBACK_USAGE = (
+    'expected a JSON object {"decision_id": "dec_...", "correct": true|false|null, '
+    '"label": "...", "comment": "..."} where label and comment are optional'
+)
+CHAT_USAGE = (
+    'expected an OpenAI chat completion request {"model": "...", "messages": [{"role": '
+    '"user", "content": "..."}], "stream": false}; the last user message is the question'
+)
+
+
+def usage_for(path: str) -> str:
+    """What a valid body of the route at ``path`` looks like."""
+    if path.startswith("/v1/feedback"):
+        return FEEDBACK_USAGE
+    if path.startswith("/v1/chat/"):
+        return CHAT_USAGE
+    return USAGE
+
 
 class PassageIn(BaseModel):
     """A passage given with the question, used instead of retrieval."""
@@ -74,3 +92,14 @@ class AnswerRequest(BaseModel):
             Passage(id=passage_id, text=p.text, source=p.source or "request", title=p.title or "")
             for passage_id, p in zip(self._ids(), self.passages, strict=True)
         ]
+
+
+class FeedbackRequest(BaseModel):
+    """The body of ``POST /v1/feedback``: a label for a past decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: str = Field(min_length=1, max_length=100, description="The decision's id.")
+    correct: bool | None = Field(description="Was the response right? null: not said.")
+    label: str | None = Field(default=None, max_length=200, description="A short tag.")
+    comment: str | None = Field(default=None, max_length=2000)

@@ -9,7 +9,10 @@ called, never at import time.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from guardrail.config import GuardrailConfig
@@ -28,3 +31,30 @@ class ServiceSettings(GuardrailConfig):
     admin_key: SecretStr | None = None
     """The key of admin operations (``Authorization: Bearer <key>``); unset disables them.
     Never logged or shown (``SecretStr``)."""
+    api_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    """API key -> tenant name (JSON in ``GUARDRAIL_API_KEYS``). Empty: no key is asked for
+    and every request is the base policy's; otherwise every API request needs a key."""
+    store: Literal["sqlite", "redis"] = "sqlite"
+    """Where decisions are recorded: a SQLite file, or Redis shared by replicas."""
+    store_path: Path | None = None
+    """The SQLite store (with Redis: the local spool); default under ``cache_dir``."""
+    redis_url: str | None = Field(default=None, repr=False)
+    """``redis://host:6379/0``; required with ``store: redis``."""
+    cache_ttl_seconds: int = Field(default=0, ge=0)
+    """Serve a repeated question (same normalised text, corpus, policy, tenant) from the
+    response cache for this long; 0 turns the cache off."""
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    """Requests per minute per API key (per tenant without keys); unset: no limit."""
+    served_model: str = "guardrail"
+    """The model name clients give to /v1/chat/completions (``model``)."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> ServiceSettings:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError("store 'redis' needs redis_url (GUARDRAIL_REDIS_URL)")
+        return self
+
+    def resolved_store_path(self) -> Path:
+        """The SQLite store file (or Redis spool), with the default filled in."""
+        name = "decisions.sqlite" if self.store == "sqlite" else "decisions-spool.sqlite"
+        return self.store_path or self.cache_dir / name

@@ -14,6 +14,7 @@ from typing import Literal
 
 from guardrail.pipeline import Guardrail
 from service.errors import PIPELINE_ERRORS, ApiError, one_line
+from service.recording import Answerer
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ def build_guard(settings: ServiceSettings) -> Guardrail:
 class ServiceState:
     """Readiness of the pipeline: starting, ready (with the guard) or failed (with why)."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, answerer: Answerer | None = None) -> None:
         self.settings = settings
+        self.answerer = answerer
         self._guard: Guardrail | None = None
         self._failure: str | None = None
 

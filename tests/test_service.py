@@ -201,6 +201,7 @@ def test_readyz_names_the_policy_and_the_index_size(client: httpx.Client, policy
         "policy_hash": policy.content_hash,
         "index_passages": 3,
         "model": "scripted",
+        "store": {"kind": "sqlite", "status": "ok"},
     }
 
 
@@ -240,7 +241,11 @@ def test_readyz_is_503_while_building_and_after_a_failed_build(tmp_path: Path) -
 # ---------------------------------------------------------------- answering
 
 
-RESPONSE_FIELDS = {field.name for field in dataclasses.fields(Response)}
+RESPONSE_FIELDS = {field.name for field in dataclasses.fields(Response)} | {
+    "id",  # the decision id, for /v1/feedback
+    "cached",  # served from the response cache
+    "recorded",  # kept in the decision store
+}
 
 
 def test_answer_with_given_passages(client: httpx.Client) -> None:

@@ -5,6 +5,7 @@ everything in ``store_path``; ``store: redis`` uses ``redis_url`` with a local S
 that keeps every decision while Redis is unreachable.
 """
 
+from service.settings import ServiceSettings
 from service.store.base import (
     CONFIDENCE_BINS,
     Bucket,
@@ -33,4 +34,14 @@ __all__ = [
     "cache_key",
     "new_decision_id",
     "normalize_question",
+    "open_store",
 ]
+
+
+def open_store(settings: ServiceSettings) -> DecisionStore:
+    """The store the settings name (see the module's docstring)."""
+    spool_or_file = SqliteStore(settings.resolved_store_path())
+    if settings.store == "sqlite":
+        return spool_or_file
+    assert settings.redis_url is not None  # the settings check it
+    return ResilientStore(RedisStore(settings.redis_url), spool_or_file)

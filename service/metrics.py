@@ -1,0 +1,103 @@
+"""Prometheus metrics of one app (its own registry, so that two apps never share counters).
+
+guardrail_requests_total{endpoint, tenant, policy, action}   decisions served
+guardrail_confidence{tenant, policy}                        histogram of the confidence
+guardrail_stage_seconds{stage}                              retrieve, generate, score, total
+guardrail_escalations_total{tenant, policy, outcome}         escalated | fell_back
+guardrail_errors_total{type}                                errors answered, by type
+guardrail_cache_hits_total                                  answers from the response cache
+guardrail_rate_limited_total{tenant}                        requests refused with 429
+guardrail_store_up                                          1 when the store answers, else 0
+guardrail_store_fallbacks_total                             writes that went to the spool
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+NO_TENANT = "-"
+"""The tenant label of requests made without a tenant."""
+
+STAGES = {"retrieve": "retrieve", "generate": "generate", "score": "score", "total": "total"}
+
+
+class Metrics:
+    """The counters and histograms of one app."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "guardrail_requests",
+            "Decisions served, by endpoint, tenant, policy and action (as enforced).",
+            ["endpoint", "tenant", "policy", "action"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "guardrail_confidence",
+            "The confidence of each decision.",
+            ["tenant", "policy"],
+            buckets=[i / 10 for i in range(1, 11)],
+            registry=r,
+        )
+        self.stage = Histogram(
+            "guardrail_stage_seconds",
+            "Seconds spent per stage of a request.",
+            ["stage"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.escalations = Counter(
+            "guardrail_escalations",
+            "Escalations, by outcome: escalated (a target answered) or fell_back.",
+            ["tenant", "policy", "outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "guardrail_errors", "Error responses, by error type.", ["type"], registry=r
+        )
+        self.cache_hits = Counter(
+            "guardrail_cache_hits", "Answers served from the response cache.", registry=r
+        )
+        self.rate_limited = Counter(
+            "guardrail_rate_limited", "Requests refused with 429.", ["tenant"], registry=r
+        )
+        self.store_up = Gauge(
+            "guardrail_store_up", "1 when the decision store answers, else 0.", registry=r
+        )
+        self.store_fallbacks = Gauge(
+            "guardrail_store_fallbacks",
+            "Store operations that fell back to the local spool since the start.",
+            registry=r,
+        )
+
+    def observe(self, endpoint: str, record: Mapping[str, Any]) -> None:
+        """Count one served decision record."""
+        tenant = record.get("tenant") or NO_TENANT
+        policy = str(record.get("policy_name", ""))
+        self.requests.labels(endpoint, tenant, policy, str(record.get("action"))).inc()
+        self.confidence.labels(tenant, policy).observe(float(record.get("confidence") or 0.0))
+        timings = record.get("timings") or {}
+        for key, stage in STAGES.items():
+            if key in timings:
+                self.stage.labels(stage).observe(float(timings[key]))
+        if record.get("escalated"):
+            self.escalations.labels(tenant, policy, "escalated").inc()
+        elif record.get("rule") == "escalation:exhausted":
+            self.escalations.labels(tenant, policy, "fell_back").inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

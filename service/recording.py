@@ -1,0 +1,150 @@
+"""Serving one question for an API caller: rate limit, response cache, the pipeline, then
+the decision recorded in the store and counted in the metrics.
+
+Every endpoint that answers (``/v1/answer``, ``/v1/chat/completions``) goes through
+:meth:`Answerer.answer`, so they record the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+
+from guardrail.pipeline import Guardrail
+from retrievers.types import Passage
+from service.errors import ApiError
+from service.metrics import NO_TENANT, Metrics
+from service.settings import ServiceSettings
+from service.store import DecisionStore, StoreError, cache_key, new_decision_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: their tenant (``None``: the base policy) and a key fingerprint that
+    identifies the key in logs and limits without revealing it."""
+
+    tenant: str | None
+    key_id: str
+
+    @classmethod
+    def from_key(cls, key: str, tenant: str | None) -> Caller:
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+        return cls(tenant=tenant, key_id=f"key-{digest}")
+
+
+ANONYMOUS = Caller(tenant=None, key_id="anonymous")
+
+
+class Answerer:
+    """The store, the metrics and the settings that every answering endpoint shares."""
+
+    def __init__(self, settings: ServiceSettings, store: DecisionStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+
+    async def answer(
+        self,
+        guard: Guardrail,
+        question: str,
+        passages: Sequence[Passage] | None,
+        caller: Caller,
+        *,
+        endpoint: str,
+    ) -> dict[str, Any]:
+        """The decision record for one question, recorded (with its ``id``) and counted."""
+        question = guard.check_question(question)
+        await self._limit(caller)
+        key = None
+        if self.settings.cache_ttl_seconds and passages is None and guard.index is not None:
+            policy = guard.policy_for(caller.tenant)
+            key = cache_key(
+                question, guard.index.corpus_version, policy.content_hash, caller.tenant
+            )
+            cached = await run_in_threadpool(self._cache_get, key)
+            if cached is not None:
+                self.metrics.cache_hits.inc()
+                record = {**cached, "cached": True}
+                return await self._record(record, endpoint)
+        response = await run_in_threadpool(
+            guard.ask, question, passages=passages, tenant=caller.tenant
+        )
+        record = {**response.to_dict(), "cached": False}
+        if key is not None:
+            await run_in_threadpool(self._cache_put, key, record)
+        return await self._record(record, endpoint)
+
+    async def _limit(self, caller: Caller) -> None:
+        limit = self.settings.rate_limit_per_minute
+        if limit is None:
+            return
+        try:
+            limited = await run_in_threadpool(self.store.hit_rate_limit, caller.key_id, limit)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        if limited:
+            self.metrics.rate_limited.labels(caller.tenant or NO_TENANT).inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {limit} requests in this minute for this API key; retry in a minute",
+                headers={"Retry-After": "60"},
+            )
+
+    def _cache_get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.store.cache_get(key)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return None
+
+    def _cache_put(self, key: str, record: dict[str, Any]) -> None:
+        try:
+            self.store.cache_put(key, record, self.settings.cache_ttl_seconds)
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    async def _record(self, record: dict[str, Any], endpoint: str) -> dict[str, Any]:
+        record = {**record, "id": new_decision_id()}
+        try:
+            await run_in_threadpool(self.store.record, record)
+        except StoreError as exc:
+            # The answer still goes out under the policy; the failure is logged and counted.
+            self._store_failed(exc)
+            record["recorded"] = False
+        else:
+            record["recorded"] = True
+        self.metrics.observe(endpoint, record)
+        self._update_store_gauges()
+        return record
+
+    def _store_failed(self, exc: StoreError) -> None:
+        logger.error("decision store error: %s", exc)
+        self.metrics.errors.labels("store_error").inc()
+        self.metrics.store_up.set(0)
+
+    def _update_store_gauges(self) -> None:
+        degraded = getattr(self.store, "degraded", None)
+        self.metrics.store_up.set(0 if degraded else 1)
+        self.metrics.store_fallbacks.set(getattr(self.store, "fallbacks", 0))
+
+    def store_status(self) -> dict[str, Any]:
+        """What ``/readyz`` says about the store."""
+        try:
+            self.store.ping()
+        except StoreError as exc:
+            self.metrics.store_up.set(0)
+            return {"kind": self.store.kind, "status": "unavailable", "detail": str(exc)}
+        degraded = getattr(self.store, "degraded", None)
+        if degraded:
+            return {"kind": self.store.kind, "status": "degraded", "detail": degraded}
+        self.metrics.store_up.set(1)
+        return {"kind": self.store.kind, "status": "ok"}
