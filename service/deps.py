@@ -73,6 +73,23 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
 AdminDep = Depends(require_admin)
 
 
+async def require_dashboard_access(request: Request, settings: SettingsDep) -> None:
+    """The dashboard's data shows every tenant's decisions: the admin key when one is set;
+    open when the server has no keys at all (a local set-up); otherwise refused."""
+    if settings.admin_key is not None and settings.admin_key.get_secret_value():
+        await require_admin(request, settings)
+    elif settings.api_keys:
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "the dashboard shows every tenant's decisions and needs the admin key: set "
+            "GUARDRAIL_ADMIN_KEY",
+        )
+
+
+DashboardDep = Depends(require_dashboard_access)
+
+
 async def get_answerer(state: StateDep) -> Answerer:
     """What every answering endpoint records with (the store, the metrics)."""
     if state.answerer is None:

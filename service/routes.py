@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from guardrail.policy_runtime import RELOAD_ERRORS, Loaded
-from service.deps import AdminDep, AnswererDep, CallerDep, GuardDep, StateDep
+from service.dashboard import dashboard_data, page
+from service.deps import AdminDep, AnswererDep, CallerDep, DashboardDep, GuardDep, StateDep
 from service.errors import ApiError, error_body
 from service.metrics import Metrics
 from service.schemas import AnswerRequest, FeedbackRequest
@@ -156,3 +157,29 @@ async def reload_policies(guard: GuardDep) -> dict[str, Any] | JSONResponse:
         body["in_force"] = _policies_body(before)
         return JSONResponse(body, status_code=422)
     return {"reloaded": True, **_policies_body(loaded)}
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard_page() -> HTMLResponse:
+    """The refusal-rate dashboard (it loads its numbers from /v1/dashboard/data)."""
+    return HTMLResponse(page(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/dashboard/data", dependencies=[DashboardDep], responses={401: _ERROR, 403: _ERROR})
+async def dashboard_numbers(
+    answerer: AnswererDep,
+    hours: Annotated[float, Query(gt=0, le=24 * 31)] = 24.0,
+    bucket_seconds: Annotated[int, Query(ge=60, le=86400)] = 3600,
+    latest: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """Rates per tenant and policy over time, the confidence histogram, the latest decisions."""
+    try:
+        return await run_in_threadpool(
+            dashboard_data,
+            answerer.store,
+            hours=hours,
+            bucket_seconds=bucket_seconds,
+            latest=latest,
+        )
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None

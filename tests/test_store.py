@@ -254,3 +254,16 @@ def test_a_spool_left_by_a_previous_process_is_drained(
     store.record(decision(8))
     assert RedisStore(redis_server.url, prefix=prefix).get("dec_7") == decision(7)
     assert store.spool.all_records() == []
+
+
+def test_escalations_are_counted_besides_the_final_action(
+    store: tuple[DecisionStore, Clock],
+) -> None:
+    s, clock = store
+    start = T0 - T0 % 3600
+    s.record({**decision(1, at=start + 1, action="answer"), "escalated": True})
+    s.record({**decision(2, at=start + 2, action="defer"), "rule": "escalation:exhausted"})
+    s.record(decision(3, at=start + 3, action="defer"))
+    clock.now = start + 10
+    counts = {(b.action, b.count) for b in s.action_counts(since=start, bucket_seconds=3600)}
+    assert counts == {("answer", 1), ("defer", 2), ("escalated", 2)}

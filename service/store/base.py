@@ -86,7 +86,8 @@ class DecisionStore(Protocol):
         ...
 
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
-        """Counts per time bucket, tenant, policy and action (as enforced) since ``since``."""
+        """Counts per time bucket, tenant, policy and action (as enforced) since ``since``;
+        decisions that were escalated are counted again under :data:`ESCALATED`."""
         ...
 
     def confidence_histogram(self, since: float) -> dict[tuple[str | None, str], list[int]]:
@@ -149,7 +150,13 @@ def summary_fields(record: Mapping[str, Any]) -> dict[str, Any]:
         "policy": str(record.get("policy_name", "")),
         "action": str(record.get("action", "")),
         "confidence": float(record.get("confidence") or 0.0),
+        "escalated": bool(record.get("escalated") or record.get("rule") == "escalation:exhausted"),
     }
+
+
+ESCALATED = "escalated"
+"""The pseudo-action that :meth:`DecisionStore.action_counts` also counts: decisions that went
+to escalation, whatever their final action (answered by a target, or fallen back)."""
 
 
 def bucket_start(at: float, bucket_seconds: int) -> float:

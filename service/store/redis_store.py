@@ -25,6 +25,7 @@ import redis
 
 from service.store.base import (
     CONFIDENCE_BINS,
+    ESCALATED,
     Bucket,
     Feedback,
     StoreError,
@@ -98,6 +99,8 @@ class RedisStore:
         )
         counts = self._key("counts", minute)
         pipe.hincrby(counts, f"{tenant}|{fields['policy']}|{fields['action']}", 1)
+        if fields["escalated"]:
+            pipe.hincrby(counts, f"{tenant}|{fields['policy']}|{ESCALATED}", 1)
         pipe.expire(counts, self.counter_ttl)
         confidence = self._key("confidence", hour)
         pipe.hincrby(

@@ -12,6 +12,7 @@ from typing import Any
 
 from service.store.base import (
     CONFIDENCE_BINS,
+    ESCALATED,
     Bucket,
     Feedback,
     StoreError,
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     policy TEXT NOT NULL,
     action TEXT NOT NULL,
     confidence REAL NOT NULL,
+    escalated INTEGER NOT NULL,
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
@@ -82,7 +84,7 @@ class SqliteStore:
     def record(self, record: Mapping[str, Any]) -> str:
         fields = summary_fields(record)
         self._run(
-            "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 fields["id"],
                 fields["at"],
@@ -90,6 +92,7 @@ class SqliteStore:
                 fields["policy"],
                 fields["action"],
                 fields["confidence"],
+                int(fields["escalated"]),
                 json.dumps(dict(record), ensure_ascii=False, sort_keys=True),
             ),
         )
@@ -130,8 +133,19 @@ class SqliteStore:
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
         rows = self._run(
             "SELECT CAST(at / ? AS INTEGER) * ?, tenant, policy, action, COUNT(*) "
-            "FROM decisions WHERE at >= ? GROUP BY 1, 2, 3, 4",
-            (bucket_seconds, bucket_seconds, since),
+            "FROM decisions WHERE at >= ? GROUP BY 1, 2, 3, 4 "
+            "UNION ALL "
+            "SELECT CAST(at / ? AS INTEGER) * ?, tenant, policy, ?, COUNT(*) "
+            "FROM decisions WHERE at >= ? AND escalated GROUP BY 1, 2, 3",
+            (
+                bucket_seconds,
+                bucket_seconds,
+                since,
+                bucket_seconds,
+                bucket_seconds,
+                ESCALATED,
+                since,
+            ),
         )
         return merge_buckets([Bucket(float(s), t, p, a, int(n)) for s, t, p, a, n in rows])
 
