@@ -51,6 +51,9 @@ def _settings(settings_type: type[Config], args: argparse.Namespace) -> Config:
         "port",
         "shadow_policy",
         "decision_log",
+        "mode",
+        "upstream_url",
+        "upstream_model",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -199,17 +202,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the service is the layer above guardrail (service -> guardrail).
     import uvicorn
 
-    from guardrail.pipeline import load_policy_setting
+    from guardrail.pipeline import load_policy_setting, local_backend
     from service import ServiceSettings, create_app
 
     settings = _settings(ServiceSettings, args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    if settings.mode == "model":
+        from service.model_server import create_model_app
+
+        backend = local_backend(settings, settings.generator)
+        app = create_model_app(backend, max_body_bytes=settings.max_body_bytes)
+        uvicorn.run(app, host=settings.host, port=settings.port)
+        return 0
     # Cheap checks first: a wrong policy or a missing index stops the command at once
     # instead of leaving a server that is never ready.
     load_policy_setting(settings.policy)
     index_dir = settings.resolved_index_dir()
     if not (index_dir / "manifest.json").is_file():
         raise IndexNotFoundError(index_dir)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
     return 0
 
@@ -261,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="interface to listen on (GUARDRAIL_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (GUARDRAIL_PORT, default 8000)")
     p.add_argument("--policy", help="bundled policy name or policy YAML path")
+    p.add_argument(
+        "--mode",
+        choices=("embedded", "proxy", "model"),
+        help="embedded (default): the local model answers; proxy: the OpenAI-compatible "
+        "server at --upstream-url answers; model: serve the local model as an "
+        "OpenAI-compatible model server (GUARDRAIL_MODE)",
+    )
+    p.add_argument("--upstream-url", help="proxy mode: the wrapped model server's /v1 URL")
+    p.add_argument("--upstream-model", help="proxy mode: the model name to ask it for")
     _policy_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,13 @@ class GuardrailConfig(BaseSettings):
     """Append every decision record to this JSON Lines file."""
     generator: str = "gemma-3-270m"
     """The local model that answers."""
+    upstream_url: str | None = None
+    """Proxy mode: the OpenAI-compatible server (``http://host:8001/v1``) whose model answers
+    instead of the local one; it must return ``logprobs`` on ``/v1/completions``."""
+    upstream_model: str | None = None
+    """The model name to ask the upstream server for (default: ``generator``)."""
+    upstream_api_key: SecretStr | None = None
+    """The upstream server's API key, if it needs one (never logged)."""
     escalation_targets: dict[str, str] = Field(
         default_factory=lambda: {"larger": "qwen2.5-0.5b-instruct"}
     )

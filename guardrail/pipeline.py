@@ -22,6 +22,7 @@ from typing import Any
 
 from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
+from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.backends.transformers import TransformersBackend
 from guardrail.config import GuardrailConfig
 from guardrail.decision_log import DecisionLog
@@ -77,13 +78,24 @@ def policy_scorer(policy: Policy, policy_file: Path) -> ConfidenceScorer:
     return scorer_for(policy, policy_file.parent)
 
 
-def local_backend(config: GuardrailConfig, model: str) -> GeneratorBackend:
+def local_backend(config: GuardrailConfig, model: str) -> TransformersBackend:
     """A transformers backend for a local model, prepared (converted) on first use."""
     spec = model_spec(model)
     folder = prepare_model(config.cache_dir, model)
     return TransformersBackend(
         folder, name=model, chat=spec.chat, threads=config.threads, dtype=config.dtype
     )
+
+
+def generator_backend(config: GuardrailConfig) -> GeneratorBackend:
+    """The model that answers: the embedded one, or (proxy mode, ``upstream_url`` set) the
+    wrapped chatbot's OpenAI-compatible server."""
+    if config.upstream_url:
+        key = config.upstream_api_key.get_secret_value() if config.upstream_api_key else None
+        return OpenAICompatibleBackend(
+            config.upstream_url, config.upstream_model or config.generator, api_key=key
+        )
+    return local_backend(config, config.generator)
 
 
 def check_question(question: object, max_chars: int) -> str:
@@ -172,7 +184,7 @@ class Guardrail:
             else None
         )
         return cls(
-            backend=local_backend(config, config.generator),
+            backend=generator_backend(config),
             policy=policies,
             index=index,
             escalation=escalation_factories(config),
@@ -211,11 +223,12 @@ class Guardrail:
         answer = generation.text
         abstained = is_abstention(answer)
         start = time.perf_counter()
-        parametric = (
-            backend.score(prompts.parametric(question), generation.stats.token_ids)
-            if generation.stats.token_ids
-            else None
-        )
+        parametric = None
+        if generation.stats.token_ids:
+            try:
+                parametric = backend.score(prompts.parametric(question), generation.stats.token_ids)
+            except ScoringUnavailable:
+                parametric = None  # the Confidence Gain signals are then unavailable (null)
         score_seconds = time.perf_counter() - start
         signals = compute_signals(
             SignalInputs(

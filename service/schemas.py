@@ -33,6 +33,8 @@ def usage_for(path: str) -> str:
         return FEEDBACK_USAGE
     if path.startswith("/v1/chat/"):
         return CHAT_USAGE
+    if path.startswith("/v1/completions"):
+        return 'expected an OpenAI completion request {"model": "...", "prompt": "..."}'
     return USAGE
 
 

@@ -45,13 +45,24 @@ class ServiceSettings(GuardrailConfig):
     response cache for this long; 0 turns the cache off."""
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     """Requests per minute per API key (per tenant without keys); unset: no limit."""
+    mode: Literal["embedded", "proxy", "model"] = "embedded"
+    """``embedded``: the local model answers; ``proxy``: the OpenAI-compatible server at
+    ``upstream_url`` answers and guardrail decides; ``model``: serve the local model itself as
+    an OpenAI-compatible model server (no retrieval, no policy)."""
     served_model: str = "guardrail"
     """The model name clients give to /v1/chat/completions (``model``)."""
 
     @model_validator(mode="after")
-    def _redis_needs_url(self) -> ServiceSettings:
+    def _consistent(self) -> ServiceSettings:
         if self.store == "redis" and not self.redis_url:
             raise ValueError("store 'redis' needs redis_url (GUARDRAIL_REDIS_URL)")
+        if self.mode == "proxy" and not self.upstream_url:
+            raise ValueError(
+                "mode 'proxy' needs upstream_url (GUARDRAIL_UPSTREAM_URL), the wrapped "
+                "chatbot's OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1"
+            )
+        if self.mode == "embedded" and self.upstream_url:
+            raise ValueError("upstream_url is set: use mode 'proxy' (GUARDRAIL_MODE=proxy)")
         return self
 
     def resolved_store_path(self) -> Path:

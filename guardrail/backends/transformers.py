@@ -251,7 +251,13 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _generate(
-        self, prompt: str, max_new_tokens: int, temperature: float, probe: str | None = None
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float,
+        probe: str | None = None,
+        *,
+        stop_at_newline: bool = True,
     ) -> Generation:
         start = time.perf_counter()
         prompt_ids = self._encode_prompt(prompt)
@@ -276,7 +282,7 @@ class TransformersBackend:
             if tok in self._stop_ids:
                 finish = "eos"
                 break
-            if tok in self._newline_ids:
+            if stop_at_newline and tok in self._newline_ids:
                 finish = "newline"
                 break
             rows.append(logits)
@@ -365,3 +371,93 @@ class TransformersBackend:
         rows = self._run_prompt(prompt, prompt_ids + cont_ids, rows=n).logits[0]
         tokens = self._tokenizer.convert_ids_to_tokens(cont_ids)
         return token_stats_from_logits(rows, cont_ids, tokens)
+
+    # -- what an OpenAI-compatible model server needs ------------------------------------
+    def top_logprobs(self, rows: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely tokens and their log-probabilities for each logits row."""
+        logp = torch.log_softmax(rows.float(), dim=-1)
+        top = logp.topk(k, dim=-1)
+        return [
+            list(
+                zip(
+                    self._tokenizer.convert_ids_to_tokens(ids.tolist()),
+                    [float(v) for v in values],
+                    strict=True,
+                )
+            )
+            for ids, values in zip(top.indices, top.values, strict=True)
+        ]
+
+    def decode_token(self, token: str) -> str:
+        """The text of one vocabulary piece as it appears in decoded output."""
+        return str(self._tokenizer.convert_tokens_to_string([token]))
+
+    def completion(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        stop_at_newline: bool = True,
+    ) -> tuple[Generation, list[list[tuple[str, float]]]]:
+        """``generate``, plus the ``top_k`` alternatives of every generated token."""
+        self.load()
+        with self._lock:
+            generation = self._generate(
+                prompt, max_new_tokens, temperature, None, stop_at_newline=stop_at_newline
+            )
+            if not top_k or not generation.stats.token_ids:
+                return generation, []
+            rows = self._rows(prompt, list(generation.stats.token_ids))
+            return generation, self.top_logprobs(rows, top_k)
+
+    @torch.inference_mode()
+    def _rows(self, prompt: str, cont_ids: list[int]) -> torch.Tensor:
+        prompt_ids = self._encode_prompt(prompt)
+        n = len(cont_ids)
+        rows: torch.Tensor = self._run_prompt(prompt, prompt_ids + cont_ids, rows=n).logits[0]
+        return rows
+
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, prompt: str, top_k: int, *, chunk: int = 64
+    ) -> list[tuple[str, int, float | None, list[tuple[str, float]]]]:
+        """For every token of ``prompt``: its text, character offset, log-probability given
+        the tokens before it (``None`` for the first) and the ``top_k`` alternatives there.
+
+        The LM head runs over the prompt in chunks of ``chunk`` positions, reduced at once,
+        so memory stays small whatever the vocabulary.
+        """
+        self.load()
+        with self._lock:
+            ids: list[int] = self._tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+            if len(ids) > self.max_context_tokens:
+                raise BackendError(
+                    f"the prompt has {len(ids)} tokens; at most {self.max_context_tokens}"
+                )
+            hidden = self._model.model(torch.tensor([ids])).last_hidden_state[0]
+            pieces = self._tokenizer.convert_ids_to_tokens(ids)
+            texts = [self.decode_token(p) for p in pieces]
+            out: list[tuple[str, int, float | None, list[tuple[str, float]]]] = []
+            offset = 0
+            skip = len(self._tokenizer.decode(ids[:1], skip_special_tokens=True)) == 0
+            first_logprob: float | None = None
+            chosen: list[float | None] = [first_logprob]
+            alternatives: list[list[tuple[str, float]]] = [[]]
+            for start in range(0, len(ids) - 1, chunk):
+                block = hidden[start : min(start + chunk, len(ids) - 1)]
+                logits = self._model.lm_head(block)
+                if getattr(self._model.config, "final_logit_softcapping", None):
+                    cap = self._model.config.final_logit_softcapping
+                    logits = torch.tanh(logits / cap) * cap
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                nxt = torch.tensor(ids[start + 1 : start + 1 + block.shape[0]])
+                chosen.extend(float(v) for v in logp.gather(1, nxt[:, None])[:, 0])
+                alternatives.extend(self.top_logprobs(logits, top_k) if top_k else [[]] * len(nxt))
+            for index, text in enumerate(texts):
+                if index == 0 and skip:
+                    text = ""  # the BOS token has no text
+                out.append((text, offset, chosen[index], alternatives[index]))
+                offset += len(text)
+            return out

@@ -1,0 +1,215 @@
+"""A backend over an OpenAI-compatible server (vLLM, this project's model server, ...):
+proxy mode, where the wrapped chatbot's own model generates.
+
+Generation uses ``POST /v1/completions`` with ``logprobs: k``; the no-passage pass of the
+same answer tokens (teacher forcing) uses ``echo: true`` on the prompt followed by the
+answer, and reads the answer tokens' log-probabilities back. The distributions a server
+returns are top-k, not the whole vocabulary, so entropies and margins are computed on the
+renormalised top-k (``TokenStats.full_vocab`` is false) and are smaller than the embedded
+model's. A server that refuses ``echo`` makes the Confidence Gain signals unavailable
+(``ScoringUnavailable``), and the policy decides on the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from guardrail.errors import BackendError
+from guardrail.types import FinishReason, Generation, TokenStats
+
+
+class ScoringUnavailable(BackendError):
+    """The server cannot score a given continuation (no ``echo`` with ``logprobs``)."""
+
+
+def _topk_stats(alternatives: dict[str, float], chosen: float) -> tuple[float, float, float]:
+    """Entropy, top-1 margin and self-certainty of a renormalised top-k distribution."""
+    if not alternatives:
+        return 0.0, 0.0, 0.0
+    values = sorted(alternatives.values(), reverse=True)
+    peak = max(values[0], chosen)
+    weights = [math.exp(v - peak) for v in values]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    entropy = -sum(p * math.log(p) for p in probs if p > 0)
+    margin = probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+    k = len(probs)
+    self_certainty = -math.log(k) - sum(math.log(p) for p in probs if p > 0) / k
+    return entropy, margin, self_certainty
+
+
+class OpenAICompatibleBackend:
+    """A ``GeneratorBackend`` over ``base_url`` (which ends in ``/v1``) and one model name."""
+
+    chat = False  # few-shot completion prompts: they work with base and instruct models
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        top_logprobs: int = 5,
+        timeout_seconds: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = model
+        self.top_logprobs = top_logprobs
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout_seconds, transport=transport
+        )
+        self._vocab: dict[str, int] = {}
+        self._pieces: list[str] = []
+
+    def _id(self, piece: str) -> int:
+        """A stable id for a token's text (the server's own ids are not returned)."""
+        if piece not in self._vocab:
+            self._vocab[piece] = len(self._pieces)
+            self._pieces.append(piece)
+        return self._vocab[piece]
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"the model server at {self.base_url} is unreachable: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:300]
+            error = ScoringUnavailable if body.get("echo") else BackendError
+            raise error(
+                f"the model server at {self.base_url} answered {response.status_code}: {detail}"
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+    def _stats(
+        self, tokens: Sequence[str], logprobs: Sequence[float], tops: Sequence[dict[str, float]]
+    ) -> TokenStats:
+        entropies, margins, certainty, top_ids = [], [], [], []
+        for piece, logprob, alternatives in zip(tokens, logprobs, tops, strict=True):
+            entropy, margin, sc = _topk_stats(alternatives or {piece: logprob}, logprob)
+            entropies.append(entropy)
+            margins.append(margin)
+            certainty.append(sc)
+            best = max(alternatives, key=lambda t: alternatives[t]) if alternatives else piece
+            top_ids.append(self._id(best))
+        return TokenStats(
+            token_ids=tuple(self._id(t) for t in tokens),
+            tokens=tuple(tokens),
+            logprobs=tuple(float(v) for v in logprobs),
+            entropies=tuple(entropies),
+            top_ids=tuple(top_ids),
+            margins=tuple(margins),
+            kl_uniform=tuple(certainty),
+            full_vocab=False,
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        probe: str | None = None,
+    ) -> Generation:
+        """Greedy completion up to the first newline, with top-k log-probabilities."""
+        start = time.perf_counter()
+        data = self._post(
+            "/completions",
+            {
+                "model": self.name,
+                "prompt": prompt,
+                "max_tokens": max_new_tokens,
+                "temperature": temperature,
+                "logprobs": self.top_logprobs,
+                "stop": ["\n"],
+            },
+        )
+        choice = data["choices"][0]
+        logprobs = choice.get("logprobs") or {}
+        tokens = list(logprobs.get("tokens") or [])
+        values = [float(v) for v in logprobs.get("token_logprobs") or []]
+        tops = [t or {} for t in logprobs.get("top_logprobs") or [{}] * len(tokens)]
+        if not tokens or len(values) != len(tokens):
+            raise BackendError(
+                f"the model server at {self.base_url} returned no token log-probabilities; "
+                "proxy mode needs `logprobs` on /v1/completions"
+            )
+        # The answer is the text up to the first newline, as the few-shot prompt expects.
+        keep = len(tokens)
+        for i, piece in enumerate(tokens):
+            if "\n" in piece:
+                keep = i
+                break
+        tokens, values, tops = tokens[:keep], values[:keep], tops[:keep]
+        text = "".join(tokens).strip()
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "newline"
+        return Generation(
+            text=text,
+            stats=self._stats(tokens, values, tops),
+            prompt_tokens=int((data.get("usage") or {}).get("prompt_tokens") or 0),
+            finish_reason=finish,
+            seconds=time.perf_counter() - start,
+        )
+
+    def score(self, prompt: str, continuation: str | Sequence[int]) -> TokenStats:
+        """Teacher forcing through ``echo``: the log-probabilities of ``continuation``'s
+        tokens after ``prompt``."""
+        text = (
+            continuation
+            if isinstance(continuation, str)
+            else "".join(self._pieces[i] for i in continuation)
+        )
+        if not text:
+            return TokenStats.empty()
+        data = self._post(
+            "/completions",
+            {
+                "model": self.name,
+                "prompt": prompt + text,
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": self.top_logprobs,
+                "echo": True,
+            },
+        )
+        logprobs = data["choices"][0].get("logprobs") or {}
+        offsets = logprobs.get("text_offset") or []
+        tokens = logprobs.get("tokens") or []
+        values = logprobs.get("token_logprobs") or []
+        tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+        if not offsets:
+            raise ScoringUnavailable(
+                f"the model server at {self.base_url} returned no prompt log-probabilities for echo"
+            )
+        end = len(prompt) + len(text)
+        picked = [
+            i
+            for i, offset in enumerate(offsets)
+            if offset >= len(prompt) and offset < end and values[i] is not None
+        ]
+        return self._stats(
+            [tokens[i] for i in picked],
+            [float(values[i]) for i in picked],
+            [tops[i] or {} for i in picked],
+        )
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """Not used: proxy mode prompts with plain few-shot text."""
+        raise NotImplementedError("the OpenAI-compatible backend uses few-shot prompts")
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
