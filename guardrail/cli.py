@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from guardrail.config import GuardrailConfig
 from guardrail.errors import ConfigError, GuardrailError
@@ -62,6 +63,9 @@ def _settings(settings_type: type[Config], args: argparse.Namespace) -> Config:
         overrides["escalation_targets"] = {}
     try:
         return settings_type(**overrides)
+    except SettingsError as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"invalid setting in the environment: {exc} ({cause})") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']} (got {err.get('input')!r})"

@@ -22,7 +22,9 @@ def default_cache_dir() -> Path:
 class GuardrailConfig(BaseSettings):
     """Settings of the pipeline and its models."""
 
-    model_config = SettingsConfigDict(env_prefix="GUARDRAIL_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDRAIL_", extra="forbid", env_ignore_empty=True
+    )
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     """Converted models and the default index live here."""

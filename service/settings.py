@@ -21,7 +21,9 @@ from guardrail.config import GuardrailConfig
 class ServiceSettings(GuardrailConfig):
     """Settings of the pipeline (inherited) and of the HTTP server."""
 
-    model_config = SettingsConfigDict(env_prefix="GUARDRAIL_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDRAIL_", extra="forbid", env_ignore_empty=True
+    )
 
     host: str = "127.0.0.1"
     """Interface to listen on; ``0.0.0.0`` in a container."""

@@ -6,6 +6,7 @@ the app's routes, so that renaming a setting or a route breaks this test, not a 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -51,14 +52,68 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in pairs.items()}
 
 
+def settings_from(env: dict[str, str]) -> ServiceSettings:
+    """The settings a replica reads from this environment (and nothing else)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("GUARDRAIL_")}
+    try:
+        for key in saved:
+            del os.environ[key]
+        os.environ.update(env)
+        return ServiceSettings()  # empty values count as unset, as compose's ${X:-} gives
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
+
+
 def test_services_are_present(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"guardrail", "redis"}
+    assert set(compose["services"]) == {"guardrail", "proxy", "redis", "model"}
 
 
-def test_the_port_is_the_settings_default(guardrail_service: dict[str, Any]) -> None:
+def test_two_replicas_behind_the_proxy(
+    compose: dict[str, Any], guardrail_service: dict[str, Any]
+) -> None:
     port = ServiceSettings.model_fields["port"].default
-    published = [str(p) for p in guardrail_service["ports"]]
-    assert published == [f"{port}:{port}"]
+    assert guardrail_service["deploy"]["replicas"] == 2
+    assert "ports" not in guardrail_service  # only the proxy publishes a port
+    assert [str(p) for p in guardrail_service["expose"]] == [str(port)]
+    proxy = compose["services"]["proxy"]
+    assert str(proxy["image"]).startswith("nginx:")
+    published = [str(p) for p in proxy["ports"]]
+    assert published == [f"{port}:8080"]
+    source, target, *_ = str(proxy["volumes"][0]).split(":")
+    config = (ROOT / source).read_text(encoding="utf-8")
+    assert target == "/etc/nginx/conf.d/default.conf"
+    assert "listen 8080;" in config
+    assert f"http://guardrail:{port}" in config
+    assert "proxy_buffering off;" in config  # streamed completions pass through
+    assert "resolver 127.0.0.11" in config  # replicas found by Docker's DNS
+
+
+def test_replicas_share_redis_and_keep_a_spool_on_their_volume(
+    compose: dict[str, Any], guardrail_service: dict[str, Any]
+) -> None:
+    settings = settings_from(environment(guardrail_service))
+    assert settings.store == "redis"
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert "redis" in compose["services"] and "redis" in guardrail_service["depends_on"]
+    assert settings.resolved_store_path().is_relative_to("/data")
+
+
+def test_the_model_server_serves_what_proxy_mode_asks_for(compose: dict[str, Any]) -> None:
+    model = compose["services"]["model"]
+    assert model["profiles"] == ["proxy"]
+    command = words(model["command"])
+    port = command[command.index("--port") + 1]
+    assert [str(p) for p in model["expose"]] == [port]
+    header = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    assert f"GUARDRAIL_UPSTREAM_URL=http://model:{port}/v1" in header
+    proxy_mode = ServiceSettings(mode="proxy", upstream_url=f"http://model:{port}/v1")
+    assert proxy_mode.upstream_url is not None
+
+
+def test_the_command_port_is_the_settings_default(guardrail_service: dict[str, Any]) -> None:
+    port = ServiceSettings.model_fields["port"].default
     args = build_parser().parse_args(words(guardrail_service["command"])[1:])
     assert args.port == port
 
@@ -70,14 +125,7 @@ def test_environment_names_real_settings(guardrail_service: dict[str, Any]) -> N
     for name in env:
         if name.startswith("GUARDRAIL_"):
             assert name.removeprefix("GUARDRAIL_").lower() in fields, name
-    # Every value is valid for its setting.
-    settings = ServiceSettings.model_validate(
-        {
-            k.removeprefix("GUARDRAIL_").lower(): v
-            for k, v in env.items()
-            if k.startswith("GUARDRAIL_")
-        }
-    )
+    settings = settings_from(env)
     assert settings.policy == env["GUARDRAIL_POLICY"]
     assert load_policy_setting(settings.policy).name == settings.policy
 
@@ -89,7 +137,7 @@ def test_cache_and_index_are_on_the_volume(
     mounts = [str(v).split(":") for v in guardrail_service["volumes"]]
     named = {source: target for source, target, *_ in mounts}
     assert set(named) <= set(compose["volumes"])
-    for variable in ("GUARDRAIL_CACHE_DIR", "GUARDRAIL_INDEX_DIR", "GUARDRAIL_DECISION_LOG"):
+    for variable in ("GUARDRAIL_CACHE_DIR", "GUARDRAIL_INDEX_DIR", "GUARDRAIL_STORE_PATH"):
         assert any(Path(env[variable]).is_relative_to(target) for target in named.values())
 
 

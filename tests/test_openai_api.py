@@ -314,3 +314,14 @@ def test_decisions_survive_a_restart(tmp_path: Path) -> None:
     with serve(app()) as url:
         again = httpx.get(f"{url}/v1/decisions/{decision_id}")
     assert again.status_code == 200 and again.json()["question"] == QUESTION
+
+
+def test_keys_never_reach_the_logs(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    ask(server, "sk-acme-123", question="Is Paris the capital of France?")
+    with pytest.raises(openai.AuthenticationError):
+        ask(server, "sk-wrong-secret")
+    httpx.post(f"{server}/v1/policies/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert caplog.records  # the service did log
+    for secret in ("sk-acme-123", "sk-wrong-secret", ADMIN):
+        assert secret not in caplog.text

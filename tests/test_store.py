@@ -3,6 +3,7 @@ persistence across restarts and the spool that keeps decisions while Redis is do
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,45 @@ def test_escalations_are_counted_besides_the_final_action(
     clock.now = start + 10
     counts = {(b.action, b.count) for b in s.action_counts(since=start, bucket_seconds=3600)}
     assert counts == {("answer", 1), ("defer", 2), ("escalated", 2)}
+
+
+def test_the_service_keeps_answering_while_redis_is_down(tmp_path: Path) -> None:
+    """Redis stops under a running service: answers go on under the policy, /readyz and the
+    metrics say the store is degraded, and the decisions reach Redis once it is back."""
+    import httpx
+    from fakes import ScriptedBackend, peaked
+    from test_service import serve, settings
+
+    from guardrail.pipeline import Guardrail
+    from guardrail.policy_runtime import PolicyRuntime
+    from service import create_app
+
+    vocab = ("Paris", "Lyon", "unanswerable")
+    model = ScriptedBackend(
+        vocab, contextual=[peaked(vocab, "Paris", 0.9)], parametric=[peaked(vocab, "Paris", 0.9)]
+    )
+    server = RedisServer(tmp_path / "redis").start()
+    config = settings(tmp_path, store="redis", redis_url=server.url)
+    guard = Guardrail(backend=model, policy=PolicyRuntime.from_setting("balanced"))
+    body = {"question": "What is the capital of France?", "passages": [{"text": "Paris is."}]}
+    try:
+        with serve(create_app(config, guard=guard)) as url:
+            first = httpx.post(f"{url}/v1/answer", json=body, timeout=30).json()
+            assert httpx.get(f"{url}/readyz").json()["store"]["status"] == "ok"
+            server.stop()
+            during = httpx.post(f"{url}/v1/answer", json=body, timeout=30)
+            assert during.status_code == 200 and during.json()["action"] == "answer"
+            assert during.json()["recorded"] is True  # in the local spool
+            ready = httpx.get(f"{url}/readyz").json()
+            assert ready["status"] == "ready"
+            assert ready["store"]["status"] in ("unavailable", "degraded")
+            assert "guardrail_store_up 0.0" in httpx.get(f"{url}/metrics").text
+            server.start()
+            time.sleep(5.5)  # the spool is retried at most every 5 s
+            after = httpx.post(f"{url}/v1/answer", json=body, timeout=30).json()
+            assert httpx.get(f"{url}/readyz").json()["store"]["status"] == "ok"
+        stored = RedisStore(server.url)
+        for record in (first, during.json(), after):
+            assert stored.get(record["id"])["question"] == body["question"]
+    finally:
+        server.stop()
