@@ -47,6 +47,12 @@ async def get_guard(state: StateDep) -> Guardrail:
 GuardDep = Annotated[Guardrail, Depends(get_guard)]
 
 
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
 async def require_admin(request: Request, settings: SettingsDep) -> None:
     """Admin operations need ``Authorization: Bearer <admin key>``: 401 without a key,
     403 with a wrong one or when the server has no admin key configured."""
@@ -57,16 +63,15 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
             "admin_disabled",
             "admin operations are disabled on this server: set GUARDRAIL_ADMIN_KEY to enable them",
         )
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = _bearer(request)
+    if given is None:
         raise ApiError(
             401,
             "unauthorized",
             "this operation needs the admin key: send the header 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(given.strip().encode(), configured.encode()):
+    if not hmac.compare_digest(given.encode(), configured.encode()):
         raise ApiError(403, "forbidden", "the admin key is not valid")
 
 
@@ -98,12 +103,6 @@ async def get_answerer(state: StateDep) -> Answerer:
 
 
 AnswererDep = Annotated[Answerer, Depends(get_answerer)]
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
 
 
 async def get_caller(request: Request, settings: SettingsDep) -> Caller:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,6 +15,7 @@ from service.dashboard import dashboard_data, page
 from service.deps import AdminDep, AnswererDep, CallerDep, DashboardDep, GuardDep, StateDep
 from service.errors import ApiError, error_body
 from service.metrics import Metrics
+from service.recording import Answerer, Caller
 from service.schemas import AnswerRequest, FeedbackRequest
 from service.store import Feedback, StoreError, UnknownDecisionError
 
@@ -64,6 +67,26 @@ async def answer(
     )
 
 
+@contextmanager
+def _decision_errors(decision_id: str) -> Iterator[None]:
+    """A decision the caller may not see is as unknown as a missing one (404)."""
+    try:
+        yield
+    except UnknownDecisionError:
+        raise ApiError(
+            404, "unknown_decision", f"no decision {decision_id!r} for this API key"
+        ) from None
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
+
+
+async def _own_record(answerer: Answerer, decision_id: str, caller: Caller) -> dict[str, Any]:
+    record = await run_in_threadpool(answerer.store.get, decision_id)
+    if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
+        raise UnknownDecisionError(decision_id)
+    return record
+
+
 @router.post("/v1/feedback", responses={401: _ERROR, 404: _ERROR, 422: _ERROR, 503: _ERROR})
 async def feedback(
     body: FeedbackRequest, caller: CallerDep, answerer: AnswererDep
@@ -71,17 +94,9 @@ async def feedback(
     """A label for a past decision (was it right?), kept for recalibration. A tenant can
     only label its own decisions."""
     label = Feedback(body.decision_id, body.correct, body.label, body.comment)
-    try:
-        record = await run_in_threadpool(answerer.store.get, body.decision_id)
-        if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
-            raise UnknownDecisionError(body.decision_id)
+    with _decision_errors(body.decision_id):
+        await _own_record(answerer, body.decision_id, caller)
         await run_in_threadpool(answerer.store.add_feedback, label)
-    except UnknownDecisionError:
-        raise ApiError(
-            404, "unknown_decision", f"no decision {body.decision_id!r} for this API key"
-        ) from None
-    except StoreError as exc:
-        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
     return {"recorded": True, "feedback": label.to_dict()}
 
 
@@ -90,17 +105,9 @@ async def get_decision(
     decision_id: str, caller: CallerDep, answerer: AnswererDep
 ) -> dict[str, Any]:
     """A recorded decision with its feedback (a tenant sees only its own)."""
-    try:
-        record = await run_in_threadpool(answerer.store.get, decision_id)
-        if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
-            raise UnknownDecisionError(decision_id)
+    with _decision_errors(decision_id):
+        record = await _own_record(answerer, decision_id, caller)
         labels = await run_in_threadpool(answerer.store.feedback, decision_id)
-    except UnknownDecisionError:
-        raise ApiError(
-            404, "unknown_decision", f"no decision {decision_id!r} for this API key"
-        ) from None
-    except StoreError as exc:
-        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
     return {**record, "feedback": [f.to_dict() for f in labels]}
 
 
