@@ -87,6 +87,13 @@ def error_body(error_type: str, message: str, *, openai: bool = False) -> dict[s
     return {"error": {"type": error_type, "message": message}}
 
 
+def count_error(app: Any, error_type: str) -> None:
+    """Count an error response in the app's metrics (``guardrail_errors_total{type}``)."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(error_type).inc()
+
+
 def error_response(
     status: int,
     error_type: str,
@@ -94,8 +101,10 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     *,
     path: str = "",
+    app: Any = None,
 ) -> JSONResponse:
-    """A JSON error response for a request to ``path``."""
+    """A JSON error response for a request to ``path`` (counted in ``app``'s metrics)."""
+    count_error(app, error_type)
     body = error_body(error_type, message, openai=is_openai_path(path))
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -183,7 +192,12 @@ def validation_error(request: Request, exc: RequestValidationError) -> ApiError:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(
-        exc.status_code, exc.error_type, exc.message, exc.headers, path=request.url.path
+        exc.status_code,
+        exc.error_type,
+        exc.message,
+        exc.headers,
+        path=request.url.path,
+        app=request.app,
     )
 
 
@@ -198,7 +212,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     error_type = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    return error_response(status, error_type, message, exc.headers, path=request.url.path)
+    return error_response(
+        status, error_type, message, exc.headers, path=request.url.path, app=request.app
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -208,7 +224,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     status, error_type = classify(exc)
-    return error_response(status, error_type, one_line(exc), path=request.url.path)
+    return error_response(status, error_type, one_line(exc), path=request.url.path, app=request.app)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -45,6 +45,7 @@ class BodyLimitMiddleware:
                 f"the request body has {declared} bytes; the limit is {self.max_bytes} bytes "
                 "(setting max_body_bytes)",
                 path=scope["path"],
+                app=scope.get("app"),
             )
             await response(scope, receive, send)
             return
@@ -102,5 +103,6 @@ class InternalErrorMiddleware:
                 "internal_error",
                 "an unexpected error occurred on the server; it has been logged",
                 path=scope["path"],
+                app=scope.get("app"),
             )
             await response(scope, receive, send)

@@ -325,3 +325,15 @@ def test_keys_never_reach_the_logs(server: str, caplog: pytest.LogCaptureFixture
     assert caplog.records  # the service did log
     for secret in ("sk-acme-123", "sk-wrong-secret", ADMIN):
         assert secret not in caplog.text
+
+
+def test_error_responses_are_counted(server: str) -> None:
+    body = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"Authorization": "Bearer sk-base-456"}
+    assert (
+        httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers).status_code == 404
+    )
+    text = httpx.get(f"{server}/metrics").text
+    prefix = 'guardrail_errors_total{type="model_not_found"}'
+    line = next(row for row in text.splitlines() if row.startswith(prefix))
+    assert float(line.rsplit(" ", 1)[1]) >= 1
