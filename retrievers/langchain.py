@@ -25,8 +25,11 @@ class IndexRetriever(BaseRetriever):
     k: int = Field(default=4, ge=1)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
+        """The ``k`` best passages (``k`` given to ``invoke`` overrides the field)."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be a whole number of at least 1, got {k!r}")
         return [
             Document(
                 page_content=passage.text,
@@ -39,5 +42,5 @@ class IndexRetriever(BaseRetriever):
                 },
                 id=passage.id,
             )
-            for passage in self.index.search(query, self.k)
+            for passage in self.index.search(query, k or self.k)
         ]

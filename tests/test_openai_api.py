@@ -337,3 +337,15 @@ def test_error_responses_are_counted(server: str) -> None:
     prefix = 'guardrail_errors_total{type="model_not_found"}'
     line = next(row for row in text.splitlines() if row.startswith(prefix))
     assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_chat_openai_in_an_lcel_chain_talks_to_the_service(server: str) -> None:
+    """LangChain's ChatOpenAI pointed at guardrail itself: a chain that used to call a model
+    now gets guarded answers, with no other change."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{server}/v1", api_key="sk-acme-123", model="guardrail")
+    chain = llm | StrOutputParser()
+    text = chain.invoke("What's the capital of France, please?")
+    assert text.startswith("Paris") and "Caveat" in text  # acme-bank's policy hedges at 0.7

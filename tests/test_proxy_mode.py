@@ -185,3 +185,30 @@ def test_a_server_without_echo_leaves_the_confidence_gain_unavailable() -> None:
     assert response.signals["cg_mean"] is None
     assert response.signals["parametric_agreement"] is None
     assert response.action in ("answer", "hedge", "defer", "escalate")
+
+
+@pytest.mark.slow
+def test_guarded_chat_openai_against_the_model_server(model_server: str) -> None:
+    """LangChain's ChatOpenAI over real HTTP, wrapped: its log-probabilities feed the signals;
+    without teacher forcing through LangChain the Confidence Gain signals are unavailable."""
+    from langchain_openai import ChatOpenAI
+
+    from guardrail.langchain import GuardedChatModel
+    from retrievers.langchain import IndexRetriever
+
+    index = PassageIndex.build([LYON, KENYA], HashingEmbedder(), progress=False)
+    common = {"base_url": model_server, "api_key": "unused", "model": MODEL, "temperature": 0}
+    with_logprobs = ChatOpenAI(**common, logprobs=True, top_logprobs=5, max_tokens=24)
+    guarded = GuardedChatModel(model=with_logprobs, retriever=IndexRetriever(index=index, k=1))
+    record = guarded.invoke("What is the capital of France?").response_metadata["guardrail"]
+    assert record["model"] == MODEL
+    assert record["answer"]
+    assert record["signals"]["mean_logprob"] is not None
+    assert record["signals"]["cg_mean"] is None
+    assert record["citations"][0]["id"] == "lyon"
+
+    plain = GuardedChatModel(
+        model=ChatOpenAI(**common, max_tokens=24), retriever=IndexRetriever(index=index, k=1)
+    )
+    record = plain.invoke("What is the capital of France?").response_metadata["guardrail"]
+    assert record["signals"]["mean_logprob"] is None

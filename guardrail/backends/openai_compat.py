@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -41,6 +41,37 @@ def _topk_stats(alternatives: dict[str, float], chosen: float) -> tuple[float, f
     k = len(probs)
     self_certainty = -math.log(k) - sum(math.log(p) for p in probs if p > 0) / k
     return entropy, margin, self_certainty
+
+
+def topk_token_stats(
+    tokens: Sequence[str],
+    logprobs: Sequence[float],
+    tops: Sequence[dict[str, float]],
+    id_of: Callable[[str], int],
+    token_ids: Sequence[int] | None = None,
+) -> TokenStats:
+    """``TokenStats`` from what an OpenAI-style API returns: each token's text and
+    log-probability and its top-k alternatives (``{text: logprob}``). ``id_of`` gives a stable
+    id for a token's text when the server's own ids (``token_ids``) are not known."""
+    entropies, margins, certainty, top_ids = [], [], [], []
+    for piece, logprob, alternatives in zip(tokens, logprobs, tops, strict=True):
+        entropy, margin, sc = _topk_stats(alternatives or {piece: logprob}, logprob)
+        entropies.append(entropy)
+        margins.append(margin)
+        certainty.append(sc)
+        best = max(alternatives, key=lambda t: alternatives[t]) if alternatives else piece
+        top_ids.append(id_of(best))
+    ids = tuple(token_ids) if token_ids is not None else tuple(id_of(t) for t in tokens)
+    return TokenStats(
+        token_ids=ids,
+        tokens=tuple(tokens),
+        logprobs=tuple(float(v) for v in logprobs),
+        entropies=tuple(entropies),
+        top_ids=tuple(top_ids),
+        margins=tuple(margins),
+        kl_uniform=tuple(certainty),
+        full_vocab=False,
+    )
 
 
 class OpenAICompatibleBackend:
@@ -97,24 +128,7 @@ class OpenAICompatibleBackend:
     def _stats(
         self, tokens: Sequence[str], logprobs: Sequence[float], tops: Sequence[dict[str, float]]
     ) -> TokenStats:
-        entropies, margins, certainty, top_ids = [], [], [], []
-        for piece, logprob, alternatives in zip(tokens, logprobs, tops, strict=True):
-            entropy, margin, sc = _topk_stats(alternatives or {piece: logprob}, logprob)
-            entropies.append(entropy)
-            margins.append(margin)
-            certainty.append(sc)
-            best = max(alternatives, key=lambda t: alternatives[t]) if alternatives else piece
-            top_ids.append(self._id(best))
-        return TokenStats(
-            token_ids=tuple(self._id(t) for t in tokens),
-            tokens=tuple(tokens),
-            logprobs=tuple(float(v) for v in logprobs),
-            entropies=tuple(entropies),
-            top_ids=tuple(top_ids),
-            margins=tuple(margins),
-            kl_uniform=tuple(certainty),
-            full_vocab=False,
-        )
+        return topk_token_stats(tokens, logprobs, tops, self._id)
 
     def generate(
         self,
