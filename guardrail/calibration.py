@@ -9,8 +9,11 @@ abstained branch says how far an "I cannot answer" can be trusted.
 Two calibrators, with scikit-learn's conventions (``fit`` returns ``self``; using an unfitted
 one raises ``NotFittedError``):
 
-- ``LogisticCalibrator``: Platt-style logistic regression over standardised signals (missing
-  values filled with the training mean);
+- ``LogisticCalibrator``: Platt-style logistic regression over standardised signals. A missing
+  value is filled with the training mean *and* flagged by an indicator column (for every
+  signal that was missing in training), because a missing signal often means something (no
+  passage sentence holds the answer, say). The L2 strength ``C`` is chosen per branch by
+  5-fold cross-validated log loss over ``C_GRID`` (``C="auto"``, the default) or fixed;
 - ``IsotonicCalibrator``: the same logistic model for the ranking, then an isotonic map from
   its out-of-fold linear score to the probability (Zadrozny and Elkan, 2002).
 
@@ -64,6 +67,8 @@ TOKEN_FEATURES: tuple[str, ...] = (
 """Signals of the contextual generation and of retrieval."""
 
 DEFAULT_FEATURES: tuple[str, ...] = CG_FEATURES + TOKEN_FEATURES
+C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+"""The regularisation strengths ``C="auto"`` chooses from (smaller is stronger)."""
 MIN_BRANCH_SIZE = 12
 """A branch with fewer examples, or with one class only, predicts its smoothed base rate."""
 
@@ -87,11 +92,21 @@ class _Branch:
     iso_x: list[float] = field(default_factory=list)
     iso_y: list[float] = field(default_factory=list)
     size: int = 0
+    missing: list[int] = field(default_factory=list)
+    """Feature indices that also get a "was missing" indicator column (after the features)."""
+    C: float | None = None
+    """The regularisation strength this branch was fitted with."""
 
-    def linear(self, x: np.ndarray) -> np.ndarray:
+    def design(self, x: np.ndarray) -> np.ndarray:
+        """Standardised features (missing filled with the mean), then missing indicators."""
         filled = np.where(np.isnan(x), np.asarray(self.mean), x)
         z = (filled - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.asarray(z @ np.asarray(self.coef) + self.intercept)
+        if self.missing:
+            z = np.hstack([z, np.isnan(x[:, self.missing]).astype(float)])
+        return np.asarray(z)
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.design(x) @ np.asarray(self.coef) + self.intercept)
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         if self.constant is not None:
@@ -121,11 +136,15 @@ class LogisticCalibrator:
 
     kind = "logistic"
 
-    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES, *, C: float = 1.0) -> None:
+    def __init__(
+        self, features: Sequence[str] = DEFAULT_FEATURES, *, C: float | str = "auto"
+    ) -> None:
         if not features:
             raise ValueError("a calibrator needs at least one feature")
+        if C != "auto" and not (isinstance(C, int | float) and C > 0):
+            raise ValueError(f"C must be a positive number or 'auto', got {C!r}")
         self.features = tuple(features)
-        self.C = C
+        self.C: float | str = C
         self.branches_: dict[str, _Branch] | None = None
         self.metadata: dict[str, Any] = {}
 
@@ -145,10 +164,32 @@ class LogisticCalibrator:
         }
         return self
 
-    def _logistic(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    def _choose_C(self, z: np.ndarray, y: np.ndarray) -> float:
+        """``C`` itself, or (``"auto"``) the grid value with the best 5-fold log loss."""
+        if self.C != "auto":
+            return float(self.C)
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = min(5, int(y.sum()), int((~y).sum()))
+        if folds < 2:
+            return 1.0
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+        best, best_loss = 1.0, math.inf
+        for c in C_GRID:
+            loss = 0.0
+            for train, held in splitter.split(z, y):
+                model = LogisticRegression(C=c, max_iter=2000).fit(z[train], y[train])
+                p = np.clip(model.predict_proba(z[held])[:, 1], 1e-6, 1 - 1e-6)
+                loss -= float(np.sum(np.where(y[held], np.log(p), np.log(1 - p))))
+            if loss < best_loss - 1e-9:
+                best, best_loss = c, loss
+        return best
+
+    def _logistic(self, z: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=self.C, max_iter=2000)
+        model = LogisticRegression(C=c, max_iter=2000)
         model.fit(z, y)
         return model.coef_[0], float(model.intercept_[0])
 
@@ -164,14 +205,14 @@ class LogisticCalibrator:
         filled = np.where(np.isnan(x), mean, x)
         scale = filled.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
-        coef, intercept = self._logistic((filled - mean) / scale, y)
-        return _Branch(
-            mean=mean.tolist(),
-            scale=scale.tolist(),
-            coef=[float(c) for c in coef],
-            intercept=intercept,
-            size=n,
-        )
+        gaps = np.isnan(x)
+        missing = [j for j in range(x.shape[1]) if 0 < gaps[:, j].sum() < n]
+        branch = _Branch(mean=mean.tolist(), scale=scale.tolist(), size=n, missing=missing)
+        z = branch.design(x)
+        branch.C = self._choose_C(z, y)
+        coef, branch.intercept = self._logistic(z, y, branch.C)
+        branch.coef = [float(c) for c in coef]
+        return branch
 
     # -- use ----------------------------------------------------------------------------
     def _branches(self) -> dict[str, _Branch]:
@@ -229,7 +270,7 @@ class IsotonicCalibrator(LogisticCalibrator):
     kind = "isotonic"
 
     def __init__(
-        self, features: Sequence[str] = DEFAULT_FEATURES, *, C: float = 1.0, folds: int = 5
+        self, features: Sequence[str] = DEFAULT_FEATURES, *, C: float | str = "auto", folds: int = 5
     ) -> None:
         super().__init__(features, C=C)
         self.folds = folds
@@ -279,15 +320,19 @@ def calibrator_from_dict(
             f"{where}: unknown calibrator kind {kind!r}; valid: {', '.join(CALIBRATORS)}"
         )
     try:
-        calibrator = cls(tuple(data["features"]), C=float(data.get("C", 1.0)))
+        raw_c = data.get("C", 1.0)
+        calibrator = cls(tuple(data["features"]), C=raw_c if raw_c == "auto" else float(raw_c))
         branches = {name: _Branch(**fields) for name, fields in data["branches"].items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: malformed calibrator artifact ({exc})") from exc
     if set(branches) != {"answered", "abstained"}:
         raise ConfigError(f"{where}: expected branches 'answered' and 'abstained'")
     for name, branch in branches.items():
+        width = len(calibrator.features)
         if branch.constant is None and not (
-            len(branch.mean) == len(branch.scale) == len(branch.coef) == len(calibrator.features)
+            len(branch.mean) == len(branch.scale) == width
+            and len(branch.coef) == width + len(branch.missing)
+            and all(0 <= j < width for j in branch.missing)
         ):
             raise ConfigError(f"{where}: branch {name!r} does not match the feature list")
     calibrator.branches_ = branches

@@ -104,6 +104,37 @@ def test_missing_values_take_the_training_mean() -> None:
     assert with_none == pytest.approx(with_mean)
 
 
+def test_a_signal_that_is_missing_for_a_reason_is_used_through_its_indicator(
+    tmp_path: Path,
+) -> None:
+    """'overlap' is missing exactly when the answer is wrong (as answer_sentence_overlap is
+    missing when no passage sentence holds the answer): mean filling alone hides that."""
+    rng = np.random.default_rng(7)
+    rows: list[dict[str, float | None]] = []
+    labels: list[bool] = []
+    for _ in range(400):
+        right = bool(rng.random() < 0.5)
+        overlap = float(rng.uniform(0.2, 1.0)) if right else None
+        rows.append({"overlap": overlap, "noise": float(rng.normal()), ABSTAINED: 0.0})
+        labels.append(right)
+    calibrator = LogisticCalibrator(("overlap", "noise")).fit(rows[:200], labels[:200])
+    branch = calibrator.branches_["answered"]  # type: ignore[index]
+    assert branch.missing == [0]  # an indicator for 'overlap', none for 'noise'
+    assert branch.C in (0.01, 0.03, 0.1, 0.3, 1.0)
+    held = calibrator.predict_proba(rows[200:])
+    assert auroc(held, labels[200:]) > 0.95
+    again = load_calibrator(calibrator.save(tmp_path / "c.json"))
+    assert again.predict_proba(rows[200:]) == pytest.approx(held)
+
+
+def test_c_is_fixed_or_chosen() -> None:
+    rows, labels = synthetic(300, 5)
+    fixed = LogisticCalibrator(("mean_logprob",), C=0.5).fit(rows, labels)
+    assert fixed.branches_["answered"].C == 0.5  # type: ignore[index]
+    with pytest.raises(ValueError, match="C must be a positive number or 'auto'"):
+        LogisticCalibrator(("mean_logprob",), C=0)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
