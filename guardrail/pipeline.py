@@ -40,7 +40,7 @@ from guardrail.render import citations, cited_passages, render
 from guardrail.signals import SignalInputs, compute_signals
 from guardrail.types import Generation, Response, TokenStats
 from policies import Action, Assessment, Decision, Policy, decide
-from policies.escalation import EscalationLedger, TargetFailed, run_chain
+from policies.escalation import BudgetLedger, EscalationLedger, TargetFailed, run_chain
 from policies.loader import PolicySet
 from retrievers import PassageIndex, SentenceTransformerEmbedder
 from retrievers.types import Passage
@@ -137,7 +137,7 @@ class Guardrail:
         confidence: ConfidenceScorer | None = None,
         shadow: Policy | PolicySet | PolicyRuntime | None = None,
         decision_log: DecisionLog | None = None,
-        ledger: EscalationLedger | None = None,
+        ledger: BudgetLedger | None = None,
     ) -> None:
         self.backend = backend
         self.policies = _runtime(policy, confidence)
@@ -146,7 +146,7 @@ class Guardrail:
         self.config = config or GuardrailConfig()
         self.flag_rules = flag_rules or FlagRules()
         self.decision_log = decision_log
-        self.ledger = ledger or EscalationLedger()
+        self.ledger: BudgetLedger = ledger or EscalationLedger()
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
 

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from policies.schema import Budget, Policy, Target
 from policies.types import Action, Decision
@@ -26,6 +26,18 @@ _MINUTE = 60.0
 
 class TargetFailed(Exception):
     """Raised by an attempt when a target could not answer at all (not configured, down)."""
+
+
+class BudgetLedger(Protocol):
+    """Counts decisions and escalations for budgets (in process, or shared in Redis)."""
+
+    def record_decision(self, scope: str) -> None:
+        """Count one decision (whatever its action) in ``scope``."""
+        ...
+
+    def acquire(self, scope: str, target: Target, chain: Budget | None) -> str | None:
+        """Count an escalation to ``target`` and return ``None``, or say which budget is spent."""
+        ...
 
 
 class EscalationLedger:
@@ -104,7 +116,7 @@ def run_chain(
     first: Decision,
     policy: Policy,
     attempt: Callable[[str], tuple[T, Decision]],
-    ledger: EscalationLedger,
+    ledger: BudgetLedger,
     *,
     first_answered: bool,
 ) -> ChainResult[T]:

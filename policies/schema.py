@@ -247,6 +247,10 @@ class DeferSettings(_Model):
         return value
 
 
+MAX_WINDOW_SECONDS = 172800.0
+"""The longest budget window (two days): decisions older than this are forgotten."""
+
+
 class Budget(_Model):
     """A cap on escalations: a share of all decisions, requests per minute, or both.
 
@@ -258,7 +262,9 @@ class Budget(_Model):
         None
     )
     per_minute: Annotated[int, Field(strict=True, ge=1)] | None = None
-    window_seconds: Annotated[float, Field(strict=False, gt=0.0, allow_inf_nan=False)] = 3600.0
+    window_seconds: Annotated[
+        float, Field(strict=False, gt=0.0, le=MAX_WINDOW_SECONDS, allow_inf_nan=False)
+    ] = 3600.0
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:

@@ -16,6 +16,7 @@ from guardrail.pipeline import Guardrail
 from service.errors import PIPELINE_ERRORS, ApiError, one_line
 from service.recording import Answerer
 from service.settings import ServiceSettings
+from service.store.ledger import shared_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ Status = Literal["starting", "ready", "failed"]
 def build_guard(settings: ServiceSettings) -> Guardrail:
     """Build the pipeline from settings and load its models, so the first request is fast."""
     guard = Guardrail.from_config(settings, with_index=True)
+    ledger = shared_ledger(settings)
+    if ledger is not None:
+        guard.ledger = ledger  # escalation budgets hold across replicas sharing Redis
     # Local backends and the embedder load their weights on first use; do it now so that
     # "ready" means a request does not wait for a model to load.
     load = getattr(guard.backend, "load", None)

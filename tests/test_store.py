@@ -310,3 +310,63 @@ def test_the_service_keeps_answering_while_redis_is_down(tmp_path: Path) -> None
             assert stored.get(record["id"])["question"] == body["question"]
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- shared budgets
+
+
+def test_escalation_budgets_hold_across_replicas(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two replicas' ledgers on one Redis share the budget; the counts match the
+    in-process ledger's rules (tests/test_escalation.py)."""
+    from policies.schema import Budget, Target
+    from service.store.ledger import RedisLedger
+
+    clock = Clock()
+    prefix = f"ledger:{tmp_path.name}:"
+    one = RedisLedger(redis_server.url, prefix=prefix, clock=clock)
+    two = RedisLedger(redis_server.url, prefix=prefix, clock=clock)
+    target = Target(name="larger", budget=Budget(per_minute=3))
+    taken = [ledger.acquire("p", target, None) for ledger in (one, two, one, two)]
+    assert taken[:3] == [None, None, None]
+    assert taken[3] is not None
+    assert "3 escalations in the last minute (limit 3 per minute, across replicas)" in taken[3]
+    clock.now += 61
+    assert two.acquire("p", target, None) is None
+
+    share = Budget(max_share=0.25)
+    plain = Target(name="mid")
+    allowed = []
+    for n in range(8):
+        (one if n % 2 else two).record_decision("q")
+        allowed.append((two if n % 2 else one).acquire("q", plain, share) is None)
+    assert allowed == [True, False, False, False, True, False, False, False]
+
+
+def test_a_shared_ledger_falls_back_to_its_own_count_when_redis_is_down(
+    tmp_path: Path,
+) -> None:
+    from policies.schema import Budget, Target
+    from service.store.ledger import RedisLedger
+
+    server = RedisServer(tmp_path / "redis").start()
+    ledger = RedisLedger(server.url, timeout_seconds=0.5)
+    target = Target(name="larger", budget=Budget(per_minute=1))
+    try:
+        server.stop()
+        assert ledger.acquire("p", target, None) is None  # counted locally
+        assert ledger.degraded
+        assert ledger.acquire("p", target, None) is not None  # the local budget holds
+    finally:
+        server.stop()
+
+
+def test_replicas_sharing_redis_share_their_budgets(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from test_service import settings
+
+    from service.store.ledger import RedisLedger, shared_ledger
+
+    assert shared_ledger(settings(tmp_path)) is None  # SQLite: the in-process ledger
+    ledger = shared_ledger(settings(tmp_path, store="redis", redis_url=redis_server.url))
+    assert isinstance(ledger, RedisLedger)
