@@ -193,7 +193,8 @@ class LogisticCalibrator:
         model.fit(z, y)
         return model.coef_[0], float(model.intercept_[0])
 
-    def _fit_branch(self, x: np.ndarray, y: np.ndarray) -> _Branch:
+    def _fit_branch(self, x: np.ndarray, y: np.ndarray, c: float | None = None) -> _Branch:
+        """One branch; ``c`` fixes the regularisation (else ``self.C``, or chosen by CV)."""
         n = len(y)
         positives = int(y.sum())
         if n < MIN_BRANCH_SIZE or positives in (0, n):
@@ -209,7 +210,7 @@ class LogisticCalibrator:
         missing = [j for j in range(x.shape[1]) if 0 < gaps[:, j].sum() < n]
         branch = _Branch(mean=mean.tolist(), scale=scale.tolist(), size=n, missing=missing)
         z = branch.design(x)
-        branch.C = self._choose_C(z, y)
+        branch.C = c if c is not None else self._choose_C(z, y)
         coef, branch.intercept = self._logistic(z, y, branch.C)
         branch.coef = [float(c) for c in coef]
         return branch
@@ -275,11 +276,11 @@ class IsotonicCalibrator(LogisticCalibrator):
         super().__init__(features, C=C)
         self.folds = folds
 
-    def _fit_branch(self, x: np.ndarray, y: np.ndarray) -> _Branch:
+    def _fit_branch(self, x: np.ndarray, y: np.ndarray, c: float | None = None) -> _Branch:
         from sklearn.isotonic import IsotonicRegression
         from sklearn.model_selection import StratifiedKFold
 
-        branch = super()._fit_branch(x, y)
+        branch = super()._fit_branch(x, y, c)
         if branch.constant is not None:
             return branch
         folds = min(self.folds, int(y.sum()), int((~y).sum()))
@@ -288,7 +289,8 @@ class IsotonicCalibrator(LogisticCalibrator):
         oof = np.empty(len(y))
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
         for train, held in splitter.split(x, y):
-            part = super()._fit_branch(x[train], y[train])
+            # The folds use the branch's own C, so that the map fits the scores it is applied to.
+            part = super()._fit_branch(x[train], y[train], branch.C)
             oof[held] = part.linear(x[held]) if part.constant is None else 0.0
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof, y)
         branch.iso_x = [float(v) for v in iso.X_thresholds_]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -88,9 +89,11 @@ class LangChainChatBackend:
         # A model over a base (completion) LM takes guardrail's few-shot prompt as one message.
         self.chat = not getattr(model, "prefers_completion_prompts", False)
         self._vocab: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _id(self, piece: str) -> int:
-        return self._vocab.setdefault(piece, len(self._vocab))
+        with self._lock:
+            return self._vocab.setdefault(piece, len(self._vocab))
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """The messages, kept as messages (``generate`` sends them as LangChain messages)."""

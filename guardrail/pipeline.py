@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class Guardrail:
         self.ledger: BudgetLedger = ledger or EscalationLedger()
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
+        self._escalation_lock = threading.Lock()
 
     @property
     def policy(self) -> Policy:
@@ -263,6 +265,10 @@ class Guardrail:
         )
 
     def _escalation_backend(self, target: str) -> GeneratorBackend:
+        with self._escalation_lock:
+            return self._escalation_backend_locked(target)
+
+    def _escalation_backend_locked(self, target: str) -> GeneratorBackend:
         if target not in self._escalation_backends:
             factory = self._escalation_factories.get(target)
             if factory is None:
@@ -281,12 +287,17 @@ class Guardrail:
         *,
         policy: Policy | None = None,
         first_answered: bool = True,
+        scorer: ConfidenceScorer | None = None,
     ) -> tuple[Assessed | None, Decision]:
         """Follow the policy's escalation chain (order, budgets, fallback; see
         :func:`policies.escalation.run_chain`). The assessed answer of the target that was
         accepted, or ``None`` when the chain fell back, and the final decision."""
-        policy = policy or self.policy
-        scorer = self.policies.current.scorer(policy)
+        if policy is None:
+            loaded = self.policies.current
+            policy = loaded.policy_for(None)
+            scorer = scorer or loaded.scorer(policy)
+        elif scorer is None:
+            scorer = self.policies.current.scorer(policy)
 
         def attempt(target: str) -> tuple[Assessed, Decision]:
             try:
@@ -332,6 +343,7 @@ class Guardrail:
                 decision,
                 policy=policy,
                 first_answered=not assessed.abstained,
+                scorer=scorer,
             )
             if escalated_result is not None:
                 assessed, escalated = escalated_result, True

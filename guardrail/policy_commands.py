@@ -144,12 +144,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         return _report_policy_error(exc)
     data = _signals_argument(args.signals)
-    tenant = args.tenant if args.tenant is not None else data.get("tenant")
-    policy = _pick(policies, tenant) if tenant else policies.base
+    notes: list[str] = []
+    if args.tenant is not None:
+        policy = _pick(policies, args.tenant)
+    else:
+        tenant = data.get("tenant")
+        policy = policies.policy_for(tenant if isinstance(tenant, str) else None)
+        if isinstance(tenant, str) and tenant not in policies.tenants:
+            notes.append(f"Tenant {tenant!r} has no overrides in this file: the base policy.")
     assessment = assessment_from(data, policy, path.parent)
     traces, decision = trace(assessment, policy)
     recorded = data.get("policy_hash")
-    lines = [f"Policy {policy.name!r} ({policy.content_hash}) from {path}"]
+    lines = [f"Policy {policy.name!r} ({policy.content_hash}) from {path}", *notes]
     if recorded and recorded != policy.content_hash:
         lines.append(
             f"Note: the record was decided under policy hash {recorded}; this file now hashes "
@@ -163,6 +169,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     lines.append(f"Decision: {decision.action.value} (rule {decision.rule})")
     lines.extend(f"  because {reason}" for reason in decision.reasons)
     recorded_action = data.get("policy_action") or data.get("action")
+    if data.get("escalated") or str(data.get("rule", "")).startswith("escalation:"):
+        # The record holds the escalation's outcome; the policy's own decision was to escalate.
+        recorded_action = "escalate"
     if recorded and recorded == policy.content_hash and recorded_action:
         same = recorded_action == decision.action.value
         lines.append(

@@ -121,7 +121,8 @@ class ChatPrompt:
     def contextual(self, question: str, passages: Sequence[Passage]) -> str:
         """System rules, then the passages in tags and the question in the user turn."""
         quoted = "\n".join(
-            f'<passage id="{i}">{passage_as_data(p.text, self.max_passage_words)}</passage>'
+            f'<passage id="{i}">{_escape_tags(passage_as_data(p.text, self.max_passage_words))}'
+            "</passage>"
             for i, p in enumerate(passages, start=1)
         )
         user = f"Passages:\n{quoted or '(no documents)'}\n\nQuestion: {_one_line(question)}"
@@ -139,6 +140,11 @@ def prompt_for(backend: GeneratorBackend, max_passage_words: int = 160) -> Promp
     if backend.chat:
         return ChatPrompt(backend, max_passage_words)
     return FewShotPrompt(max_passage_words)
+
+
+def _escape_tags(text: str) -> str:
+    """A passage cannot close its ``<passage>`` tag and write outside it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _one_line(text: str) -> str:

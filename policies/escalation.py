@@ -22,6 +22,8 @@ from policies.types import Action, Decision
 T = TypeVar("T")
 
 _MINUTE = 60.0
+_DEFAULT_HORIZON = 3600.0
+"""Decisions are kept at least this long (the default budget window)."""
 
 
 class TargetFailed(Exception):
@@ -44,7 +46,9 @@ class EscalationLedger:
     """Counts of decisions and escalations per scope (a policy name), for budgets.
 
     ``record_decision`` is called once per decision; :meth:`acquire` checks a target's budget
-    and the chain's budget and, when both allow it, counts the escalation.
+    and the chain's budget and, when both allow it, counts the escalation. Decisions are kept
+    for the longest budget window the scope has used (at least an hour), escalations for
+    their own budget's window, so memory stays bounded by the traffic of that window.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -52,16 +56,28 @@ class EscalationLedger:
         self._lock = threading.Lock()
         self._decisions: dict[str, deque[float]] = defaultdict(deque)
         self._escalations: dict[tuple[str, str | None], deque[float]] = defaultdict(deque)
+        self._horizon: dict[str, float] = defaultdict(lambda: _DEFAULT_HORIZON)
+
+    @staticmethod
+    def _trim(times: deque[float], since: float) -> None:
+        while times and times[0] < since:
+            times.popleft()
 
     def record_decision(self, scope: str) -> None:
         """Count one decision (whatever its action) in ``scope``."""
         with self._lock:
-            self._decisions[scope].append(self._clock())
+            now = self._clock()
+            decisions = self._decisions[scope]
+            decisions.append(now)
+            self._trim(decisions, now - self._horizon[scope])
 
     def acquire(self, scope: str, target: Target, chain: Budget | None) -> str | None:
         """Count an escalation to ``target`` and return ``None``, or say which budget is spent."""
         with self._lock:
             now = self._clock()
+            for budget in (target.budget, chain):
+                if budget is not None:
+                    self._horizon[scope] = max(self._horizon[scope], budget.window_seconds)
             for budget, key, what in (
                 (target.budget, (scope, target.name), f"target {target.name!r}"),
                 (chain, (scope, None), "the escalation chain"),
@@ -71,18 +87,15 @@ class EscalationLedger:
                 spent = self._spent(budget, key, now)
                 if spent is not None:
                     return f"{what} is over its budget: {spent}"
-            self._escalations[(scope, target.name)].append(now)
-            self._escalations[(scope, None)].append(now)
+            for key in ((scope, target.name), (scope, None)):
+                done = self._escalations[key]
+                done.append(now)
+                self._trim(done, now - self._horizon[scope])
             return None
 
     def _spent(self, budget: Budget, key: tuple[str, str | None], now: float) -> str | None:
         done = self._escalations[key]
-        horizon = max(budget.window_seconds, _MINUTE)
-        while done and done[0] < now - horizon:
-            done.popleft()
         decisions = self._decisions[key[0]]
-        while decisions and decisions[0] < now - horizon:
-            decisions.popleft()
         if budget.per_minute is not None:
             last_minute = sum(1 for t in done if t >= now - _MINUTE)
             if last_minute + 1 > budget.per_minute:

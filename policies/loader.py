@@ -6,6 +6,7 @@ together in one :class:`~policies.errors.PolicyError`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -216,6 +217,7 @@ class _Loader:
             message = f"extends forms a cycle: {names}; a policy cannot extend itself"
             raise self._fatal(origin, message, source)
         base = self.resolve(self.read(parent), str(parent), parent.parent, (*chain, here))
+        _rebase_calibrator(base, parent.parent, folder)
         return merge(base, document)
 
     def finish(self, merged: Layered, source: str) -> PolicySet:
@@ -232,7 +234,13 @@ class _Loader:
             )
         elif tenants is not None:
             base_name = merged.data.get("name")
-            for name in tenants.data:
+            for name in list(tenants.data):
+                if not isinstance(name, str):
+                    self._issue(
+                        tenants.origin(()),
+                        f"tenant names must be text; got {shown(name)} (quote it: '{name}')",
+                    )
+                    continue
                 layered = self.tenant(str(name), tenants, merged, ())
                 if layered is None:
                     continue
@@ -419,3 +427,16 @@ def _unsupported_version(root: yaml.Node, data: dict[Any, Any]) -> PolicyIssue |
 
 def _is_name(value: str) -> bool:
     return bool(value) and value[0] not in "-_." and set(value) <= _NAME_CHARS
+
+
+def _rebase_calibrator(layered: Layered, source_dir: Path, target_dir: Path) -> None:
+    """A relative calibrator path written in a base file, made relative to the extending
+    file's folder (paths are resolved against the file that is finally loaded)."""
+    calibration = layered.data.get("calibration")
+    if not isinstance(calibration, dict):
+        return
+    path = calibration.get("calibrator")
+    if not isinstance(path, str) or not path or Path(path).is_absolute():
+        return
+    rebased = os.path.relpath((source_dir / path).resolve(), target_dir.resolve())
+    layered.data["calibration"] = {**calibration, "calibrator": rebased}

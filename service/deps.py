@@ -127,7 +127,7 @@ async def get_caller(request: Request, settings: SettingsDep) -> Caller:
             return Caller.from_key(key, tenant or None)
     admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
     if admin and hmac.compare_digest(given.encode(), admin.encode()):
-        return Caller.from_key(admin, None)
+        return Caller.from_key(admin, None, admin=True)
     raise ApiError(
         401,
         "invalid_api_key",

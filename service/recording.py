@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +33,17 @@ class Caller:
 
     tenant: str | None
     key_id: str
+    admin: bool = False
+    """The admin key: sees every tenant's policies (a tenant sees only its own)."""
 
     @classmethod
-    def from_key(cls, key: str, tenant: str | None) -> Caller:
+    def from_key(cls, key: str, tenant: str | None, *, admin: bool = False) -> Caller:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
-        return cls(tenant=tenant, key_id=f"key-{digest}")
+        return cls(tenant=tenant, key_id=f"key-{digest}", admin=admin)
 
 
-ANONYMOUS = Caller(tenant=None, key_id="anonymous")
+ANONYMOUS = Caller(tenant=None, key_id="anonymous", admin=True)
+"""The caller when the server has no API keys: a local set-up where everything is open."""
 
 
 class Answerer:
@@ -71,7 +75,8 @@ class Answerer:
             cached = await run_in_threadpool(self._cache_get, key)
             if cached is not None:
                 self.metrics.cache_hits.inc()
-                record = {**cached, "cached": True}
+                # Served now: a new decision at this time, with no model time spent.
+                record = {**cached, "cached": True, "recorded_at": time.time(), "timings": {}}
                 return await self._record(record, endpoint)
         response = await run_in_threadpool(
             guard.ask, question, passages=passages, tenant=caller.tenant

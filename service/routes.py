@@ -118,9 +118,13 @@ async def metrics(request: Request) -> Response:
     return Response(registry.render(), media_type=registry.content_type)
 
 
-def _policies_body(loaded: Loaded) -> dict[str, Any]:
+def _policies_body(loaded: Loaded, caller: Caller | None = None) -> dict[str, Any]:
+    """The policies in force; a tenant's key sees the base policy and its own, no file path."""
+    every = loaded.policies.all()
+    if caller is not None and not caller.admin:
+        every = {t: p for t, p in every.items() if t is None or t == caller.tenant}
     return {
-        "source": str(loaded.path) if loaded.path else None,
+        "source": str(loaded.path) if loaded.path and (caller is None or caller.admin) else None,
         "loaded_at": loaded.loaded_at,
         "policies": [
             {
@@ -130,15 +134,16 @@ def _policies_body(loaded: Loaded) -> dict[str, Any]:
                 "mode": policy.mode,
                 "description": policy.description,
             }
-            for tenant, policy in loaded.policies.all().items()
+            for tenant, policy in every.items()
         ],
     }
 
 
-@router.get("/v1/policies", responses={503: _ERROR})
-async def policies(guard: GuardDep) -> dict[str, Any]:
-    """The policies in force: the base policy (tenant null) and each tenant's, with hashes."""
-    return _policies_body(guard.policies.current)
+@router.get("/v1/policies", responses={401: _ERROR, 503: _ERROR})
+async def policies(guard: GuardDep, caller: CallerDep) -> dict[str, Any]:
+    """The policies in force: the base policy (tenant null) and each tenant's, with hashes.
+    With API keys, a tenant's key sees the base policy and its own tenant's only."""
+    return _policies_body(guard.policies.current, caller)
 
 
 @router.post(

@@ -46,7 +46,8 @@ class ServiceSettings(GuardrailConfig):
     """Serve a repeated question (same normalised text, corpus, policy, tenant) from the
     response cache for this long; 0 turns the cache off."""
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    """Requests per minute per API key (per tenant without keys); unset: no limit."""
+    """Requests per minute per API key (without keys, all callers share one limit); unset:
+    no limit."""
     mode: Literal["embedded", "proxy", "model"] = "embedded"
     """``embedded``: the local model answers; ``proxy``: the OpenAI-compatible server at
     ``upstream_url`` answers and guardrail decides; ``model``: serve the local model itself as

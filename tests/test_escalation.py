@@ -197,3 +197,21 @@ def test_a_share_budget_forgets_decisions_outside_its_window() -> None:
     ledger.record_decision("p")
     assert ledger.acquire("p", target, budget) is None
     assert ledger.acquire("p", target, budget) is not None
+
+
+def test_a_short_window_does_not_hide_a_long_windows_decisions() -> None:
+    """A per-minute target budget and a share of an hour on the chain: checking the first
+    must not forget the decisions the second counts."""
+    clock = Clock()
+    ledger = EscalationLedger(clock)
+    for _ in range(1000):
+        ledger.record_decision("p")
+        clock.now += 3.0  # 1000 decisions over 50 minutes
+    target = Target(name="mid", budget=Budget(per_minute=100, window_seconds=60))
+    chain = Budget(max_share=0.2)  # 20% of 1000 decisions in the hour: 200
+    granted = 0
+    for _ in range(250):
+        if ledger.acquire("p", target, chain) is None:
+            granted += 1
+        clock.now += 0.5 if granted % 90 else 60.0  # stay under 100 a minute
+    assert granted == 200

@@ -349,3 +349,14 @@ def test_chat_openai_in_an_lcel_chain_talks_to_the_service(server: str) -> None:
     chain = llm | StrOutputParser()
     text = chain.invoke("What's the capital of France, please?")
     assert text.startswith("Paris") and "Caveat" in text  # acme-bank's policy hedges at 0.7
+
+
+def test_policies_need_a_key_and_show_a_tenant_only_its_own(server: str) -> None:
+    assert httpx.get(f"{server}/v1/policies").status_code == 401
+    mine = httpx.get(f"{server}/v1/policies", headers={"Authorization": "Bearer sk-acme-123"})
+    listed = mine.json()
+    assert [p["tenant"] for p in listed["policies"]] == [None, "acme-bank"]
+    assert listed["source"] is None  # no server paths for tenants
+    admin = httpx.get(f"{server}/v1/policies", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert {p["tenant"] for p in admin.json()["policies"]} >= {"acme-bank", "trial"}
+    assert admin.json()["source"]

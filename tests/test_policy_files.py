@@ -292,3 +292,22 @@ def test_the_policy_examples_in_the_docs_are_valid() -> None:
             block, source="docs/policies.md", signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES
         )
         assert policies.base.version == 1
+
+
+def test_a_calibrated_policy_can_be_extended_from_another_folder(tmp_path: Path) -> None:
+    """The calibrator path of a base file is relative to the base file, wherever the file
+    that extends it lives."""
+    calibrated = Path(__file__).parents[1] / "policies" / "calibrated" / "squad2-open.yaml"
+    child = write(tmp_path, "mine.yaml", f"extends: {calibrated}\nname: mine\n")
+    policy = load_policies(child).base
+    base = load_policies(calibrated).base
+    assert policy.thresholds == base.thresholds
+    assert policy.calibration is not None
+    assert (tmp_path / policy.calibration.calibrator).resolve() == (
+        calibrated.parent / "squad2-open.calibrator.json"
+    ).resolve()
+
+
+def test_a_tenant_name_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="tenant names must be text; got 123"):
+        load(write(tmp_path, "p.yaml", BASE + "tenants:\n  123: {mode: shadow}\n"))

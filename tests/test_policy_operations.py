@@ -338,3 +338,24 @@ def test_policy_compare_command(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert "2 decisions with a shadow decision" in out
     assert "answer -> escalate: 1" in out
     assert "support-bot.trial (shadow mode): 2" in out
+
+
+def test_explain_replays_an_escalated_decision_as_agreeing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl")
+    guard = Guardrail(
+        backend=says_paris(0.25),  # below the hedge threshold: escalate, nothing configured
+        policy=load_policies(bundled_policy_path("balanced")),
+        decision_log=log,
+    )
+    recorded = guard.ask(QUESTION, passages=[PARIS])
+    assert recorded.rule == "escalation:exhausted" and recorded.action == "defer"
+    line = (tmp_path / "d.jsonl").read_text().splitlines()[0]
+    code, out, _ = run(capsys, "policy", "explain", "balanced", "--signals", line)
+    assert code == 0
+    assert "Decision: escalate" in out
+    assert "the replay agrees" in out
+    record = {**json.loads(line), "tenant": "someone"}
+    code, out, _ = run(capsys, "policy", "explain", "balanced", "--signals", json.dumps(record))
+    assert code == 0 and "has no overrides in this file: the base policy" in out

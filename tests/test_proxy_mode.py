@@ -212,3 +212,86 @@ def test_guarded_chat_openai_against_the_model_server(model_server: str) -> None
     )
     record = plain.invoke("What is the capital of France?").response_metadata["guardrail"]
     assert record["signals"]["mean_logprob"] is None
+
+
+def scripted_server(tokens: list[str], echo_tokens: list[str] | None) -> httpx.MockTransport:
+    """An OpenAI-compatible server (scripted) that generates ``tokens`` and, for echo,
+    tokenises the answer as ``echo_tokens``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body.get("echo"):
+            prompt = body["prompt"]
+            answer = "".join(echo_tokens or [])
+            head = prompt[: len(prompt) - len(answer)]
+            pieces, offsets, at = [head, *(echo_tokens or [])], [], 0
+            for piece in pieces:
+                offsets.append(at)
+                at += len(piece)
+            return httpx.Response(
+                200,
+                json={
+                    "choices": [
+                        {
+                            "text": prompt,
+                            "logprobs": {
+                                "tokens": pieces,
+                                "token_logprobs": [None, *[-1.0] * (len(pieces) - 1)],
+                                "top_logprobs": [None, *[{p: -1.0} for p in pieces[1:]]],
+                                "text_offset": offsets,
+                            },
+                        }
+                    ]
+                },
+            )
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "text": "".join(tokens),
+                        "finish_reason": "stop",
+                        "logprobs": {
+                            "tokens": tokens,
+                            "token_logprobs": [-0.2] * len(tokens),
+                            "top_logprobs": [{t: -0.2} for t in tokens],
+                            "text_offset": list(range(len(tokens))),
+                        },
+                    }
+                ]
+            },
+        )
+
+    return httpx.MockTransport(handler)
+
+
+def test_a_server_that_retokenises_the_answer_leaves_cg_unavailable() -> None:
+    transport = scripted_server([" New", " York"], [" New York"])
+    backend = OpenAICompatibleBackend("http://u.invalid/v1", "m", transport=transport)
+    guard = Guardrail(backend=backend, policy=PolicyRuntime.from_setting("balanced"))
+    response = guard.ask("Which city?", passages=[LYON])
+    assert response.answer == "New York"
+    assert response.signals["cg_mean"] is None
+    assert response.signals["mean_logprob"] == pytest.approx(-0.2)
+
+
+def test_an_empty_answer_is_decided_not_an_error() -> None:
+    transport = scripted_server([], [])
+    backend = OpenAICompatibleBackend("http://u.invalid/v1", "m", transport=transport)
+    guard = Guardrail(backend=backend, policy=PolicyRuntime.from_setting("balanced"))
+    response = guard.ask("Which city?", passages=[LYON])
+    assert response.answer == "" and response.action in ("defer", "escalate", "hedge")
+
+
+def test_upstream_credentials_never_appear_in_errors() -> None:
+    from guardrail.errors import BackendError
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    backend = OpenAICompatibleBackend(
+        "http://user:s3cret@u.invalid/v1", "m", transport=httpx.MockTransport(refuse)
+    )
+    with pytest.raises(BackendError) as caught:
+        backend.generate("prompt")
+    assert "s3cret" not in str(caught.value) and "***@u.invalid" in str(caught.value)

@@ -370,3 +370,19 @@ def test_replicas_sharing_redis_share_their_budgets(
     assert shared_ledger(settings(tmp_path)) is None  # SQLite: the in-process ledger
     ledger = shared_ledger(settings(tmp_path, store="redis", redis_url=redis_server.url))
     assert isinstance(ledger, RedisLedger)
+
+
+def test_recording_again_changes_nothing(store: tuple[DecisionStore, Clock]) -> None:
+    """A retried write (a spool drain that failed half-way) never counts twice."""
+    s, clock = store
+    start = T0 - T0 % 3600
+    s.record(decision(1, at=start + 5))
+    s.record(decision(1, at=start + 5))
+    label = Feedback("dec_1", True, at=T0)
+    s.add_feedback(label)
+    s.add_feedback(label)
+    clock.now = start + 10
+    assert [b.count for b in s.action_counts(since=start, bucket_seconds=3600)] == [1]
+    assert len(s.recent(10)) == 1
+    assert len(s.feedback("dec_1")) == 1
+    assert sum(sum(b) for b in s.confidence_histogram(since=start).values()) == 1

@@ -13,6 +13,7 @@ model's. A server that refuses ``echo`` makes the Confidence Gain signals unavai
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +22,16 @@ import httpx
 
 from guardrail.errors import BackendError
 from guardrail.types import FinishReason, Generation, TokenStats
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without a ``user:password@`` part, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 class ScoringUnavailable(BackendError):
@@ -90,6 +101,7 @@ class OpenAICompatibleBackend:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._shown_url = _without_credentials(self.base_url)
         self.name = model
         self.top_logprobs = top_logprobs
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -98,29 +110,31 @@ class OpenAICompatibleBackend:
         )
         self._vocab: dict[str, int] = {}
         self._pieces: list[str] = []
+        self._lock = threading.Lock()
 
     def _id(self, piece: str) -> int:
         """A stable id for a token's text (the server's own ids are not returned)."""
-        if piece not in self._vocab:
-            self._vocab[piece] = len(self._pieces)
-            self._pieces.append(piece)
-        return self._vocab[piece]
+        with self._lock:
+            if piece not in self._vocab:
+                self._vocab[piece] = len(self._pieces)
+                self._pieces.append(piece)
+            return self._vocab[piece]
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._client.post(path, json=body)
         except httpx.HTTPError as exc:
             raise BackendError(
-                f"the model server at {self.base_url} is unreachable: {exc}"
+                f"the model server at {self._shown_url} is unreachable: {exc}"
             ) from exc
         if response.status_code >= 400:
             try:
-                detail = response.json()["error"]["message"]
+                detail = str(response.json()["error"]["message"])[:200]
             except (ValueError, KeyError, TypeError):
-                detail = response.text[:300]
+                detail = "no error message"
             error = ScoringUnavailable if body.get("echo") else BackendError
             raise error(
-                f"the model server at {self.base_url} answered {response.status_code}: {detail}"
+                f"the model server at {self._shown_url} answered {response.status_code}: {detail}"
             )
         data: dict[str, Any] = response.json()
         return data
@@ -156,9 +170,9 @@ class OpenAICompatibleBackend:
         tokens = list(logprobs.get("tokens") or [])
         values = [float(v) for v in logprobs.get("token_logprobs") or []]
         tops = [t or {} for t in logprobs.get("top_logprobs") or [{}] * len(tokens)]
-        if not tokens or len(values) != len(tokens):
+        if "tokens" not in logprobs or len(values) != len(tokens):
             raise BackendError(
-                f"the model server at {self.base_url} returned no token log-probabilities; "
+                f"the model server at {self._shown_url} returned no token log-probabilities; "
                 "proxy mode needs `logprobs` on /v1/completions"
             )
         # The answer is the text up to the first newline, as the few-shot prompt expects.
@@ -206,7 +220,8 @@ class OpenAICompatibleBackend:
         tops = logprobs.get("top_logprobs") or [None] * len(tokens)
         if not offsets:
             raise ScoringUnavailable(
-                f"the model server at {self.base_url} returned no prompt log-probabilities for echo"
+                f"the model server at {self._shown_url} returned no prompt log-probabilities "
+                "for echo"
             )
         end = len(prompt) + len(text)
         picked = [
@@ -214,6 +229,14 @@ class OpenAICompatibleBackend:
             for i, offset in enumerate(offsets)
             if offset >= len(prompt) and offset < end and values[i] is not None
         ]
+        expected = None if isinstance(continuation, str) else len(continuation)
+        if expected is not None and len(picked) != expected:
+            # The server split prompt + answer differently from the answer it generated: the
+            # token-by-token comparison of Confidence Gain is not defined then.
+            raise ScoringUnavailable(
+                f"the model server re-tokenised the answer into {len(picked)} tokens, "
+                f"not the {expected} it generated"
+            )
         return self._stats(
             [tokens[i] for i in picked],
             [float(values[i]) for i in picked],

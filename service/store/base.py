@@ -37,10 +37,13 @@ class Feedback:
     label: str | None = None
     comment: str | None = None
     at: float = field(default_factory=time.time)
+    feedback_id: str = field(default_factory=lambda: "fb_" + uuid.uuid4().hex)
+    """Storing the same label twice (a retried spool drain) keeps it once."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
         return {
+            "id": self.feedback_id,
             "decision_id": self.decision_id,
             "correct": self.correct,
             "label": self.label,

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from policies.escalation import EscalationLedger
-from policies.schema import MAX_WINDOW_SECONDS, Budget, Target
+from policies.schema import Budget, Target
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ _MINUTE = 60.0
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[3])
-for i = 1, 3 do
+-- Only the escalation sets are trimmed here; decisions are trimmed when they are recorded,
+-- to the longest window the scope uses, so a short window never hides a long one's data.
+for i = 2, 3 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - horizon)
 end
 local checks = {
@@ -54,7 +56,7 @@ for _, c in ipairs(checks) do
 end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[2])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], math.ceil(horizon) + 60) end
+for i = 2, 3 do redis.call('EXPIRE', KEYS[i], math.ceil(horizon) + 60) end
 return {0}
 """
 
@@ -88,6 +90,7 @@ class RedisLedger:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self.fallback = EscalationLedger(clock)
         self.degraded = False
+        self._horizon: dict[str, float] = {}
 
     def _failed(self, exc: redis.RedisError) -> None:
         if not self.degraded:
@@ -101,9 +104,10 @@ class RedisLedger:
         key = f"{self.prefix}{scope}:decisions"
         try:
             pipe = self._redis.pipeline(transaction=False)
+            horizon = self._horizon.get(scope, 3600.0)
             pipe.zadd(key, {uuid.uuid4().hex: now})
-            pipe.zremrangebyscore(key, "-inf", now - MAX_WINDOW_SECONDS)
-            pipe.expire(key, int(MAX_WINDOW_SECONDS) + 60)
+            pipe.zremrangebyscore(key, "-inf", now - horizon)
+            pipe.expire(key, int(horizon) + 60)
             pipe.execute()
             self.degraded = False
         except redis.RedisError as exc:
@@ -113,6 +117,7 @@ class RedisLedger:
         """Count an escalation and return ``None``, or say which budget is spent."""
         windows = [b.window_seconds for b in (target.budget, chain) if b is not None]
         horizon = max([_MINUTE, *windows])
+        self._horizon[scope] = max(self._horizon.get(scope, 3600.0), horizon)
         base = f"{self.prefix}{scope}"
         try:
             result = self._acquire(

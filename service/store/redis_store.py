@@ -37,6 +37,22 @@ from service.store.base import (
 
 _NONE = "-"  # how a missing tenant is written in counter fields
 
+# KEYS: record, stream, minute counters, hour confidence histogram.
+# ARGV: record json, record ttl, stream max length, counter ttl, confidence field,
+# n, n counter fields, then the summary as field/value pairs for the stream.
+_RECORD_ONCE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+local n = tonumber(ARGV[6])
+local summary = {}
+for i = 7 + n, #ARGV do summary[#summary + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(summary))
+for i = 7, 6 + n do redis.call('HINCRBY', KEYS[3], ARGV[i], 1) end
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return 1
+"""
+
 
 def _tenant_out(value: str) -> str | None:
     return None if value == _NONE else value
@@ -70,6 +86,7 @@ class RedisStore:
             socket_connect_timeout=timeout_seconds,
             decode_responses=True,
         )
+        self._record_once = self._redis.register_script(_RECORD_ONCE)
 
     def _key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -81,33 +98,36 @@ class RedisStore:
             raise StoreError(f"Redis at {_safe_url(self.url)} failed to {what}: {exc}") from exc
 
     def record(self, record: Mapping[str, Any]) -> str:
+        """Keep a record once: recording the same id again (a retried spool drain) changes
+        nothing, so counters are never counted twice."""
         fields = summary_fields(record)
         tenant = fields["tenant"] or _NONE
         minute = int(fields["at"] // 60)
         hour = int(fields["at"] // 3600)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(
-            self._key("record", fields["id"]),
-            json.dumps(dict(record), ensure_ascii=False, sort_keys=True),
-            ex=self.record_ttl,
-        )
-        pipe.xadd(
-            self._key("decisions"),
-            {k: ("" if v is None else str(v)) for k, v in fields.items()},
-            maxlen=self.max_stream,
-            approximate=True,
-        )
-        counts = self._key("counts", minute)
-        pipe.hincrby(counts, f"{tenant}|{fields['policy']}|{fields['action']}", 1)
+        counted = [f"{tenant}|{fields['policy']}|{fields['action']}"]
         if fields["escalated"]:
-            pipe.hincrby(counts, f"{tenant}|{fields['policy']}|{ESCALATED}", 1)
-        pipe.expire(counts, self.counter_ttl)
-        confidence = self._key("confidence", hour)
-        pipe.hincrby(
-            confidence, f"{tenant}|{fields['policy']}|{confidence_bin(fields['confidence'])}", 1
+            counted.append(f"{tenant}|{fields['policy']}|{ESCALATED}")
+        summary = [x for k, v in fields.items() for x in (k, "" if v is None else str(v))]
+        self._call(
+            "record a decision",
+            self._record_once,
+            keys=[
+                self._key("record", fields["id"]),
+                self._key("decisions"),
+                self._key("counts", minute),
+                self._key("confidence", hour),
+            ],
+            args=[
+                json.dumps(dict(record), ensure_ascii=False, sort_keys=True),
+                self.record_ttl,
+                self.max_stream,
+                self.counter_ttl,
+                f"{tenant}|{fields['policy']}|{confidence_bin(fields['confidence'])}",
+                len(counted),
+                *counted,
+                *summary,
+            ],
         )
-        pipe.expire(confidence, self.counter_ttl)
-        self._call("record a decision", pipe.execute)
         return str(fields["id"])
 
     def get(self, decision_id: str) -> dict[str, Any]:
@@ -121,17 +141,15 @@ class RedisStore:
         self.get(feedback.decision_id)
         key = self._key("feedback", feedback.decision_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.rpush(key, json.dumps(feedback.to_dict()))
+        pipe.hsetnx(key, feedback.feedback_id, json.dumps(feedback.to_dict()))
         pipe.expire(key, self.record_ttl)
         self._call("store feedback", pipe.execute)
 
     def feedback(self, decision_id: str) -> list[Feedback]:
-        raw = self._call(
-            "read feedback", self._redis.lrange, self._key("feedback", decision_id), 0, -1
-        )
-        labels = [json.loads(item) for item in raw]
+        raw = self._call("read feedback", self._redis.hvals, self._key("feedback", decision_id))
+        labels = sorted((json.loads(item) for item in raw), key=lambda f: (f["at"], f["id"]))
         return [
-            Feedback(f["decision_id"], f["correct"], f["label"], f["comment"], f["at"])
+            Feedback(f["decision_id"], f["correct"], f["label"], f["comment"], f["at"], f["id"])
             for f in labels
         ]
 

@@ -72,7 +72,7 @@ class ResilientStore:
             except StoreError as exc:
                 self._failed(exc)
                 return
-            self._pending = False
+            self._pending = bool(self.spool.all_records())
             if self.degraded is not None:
                 logger.info("decision store recovered; the spool is drained")
             self.degraded = None
@@ -82,9 +82,10 @@ class ResilientStore:
         try:
             decision_id = self.primary.record(record)
         except StoreError as exc:
-            self._failed(exc)
-            self._pending = True
-            return self.spool.record(record)
+            with self._lock:  # never between a drain's read and its delete
+                self._failed(exc)
+                self._pending = True
+                return self.spool.record(record)
         self.degraded = None
         return decision_id
 
@@ -95,7 +96,13 @@ class ResilientStore:
             return self.spool.get(decision_id)
         except StoreError as exc:
             self._failed(exc)
-            return self.spool.get(decision_id)
+            try:
+                return self.spool.get(decision_id)
+            except UnknownDecisionError:
+                # Perhaps only the unreachable primary holds it: unavailable, not unknown.
+                raise StoreError(
+                    f"the decision store is unavailable ({exc}); retry later"
+                ) from None
 
     def add_feedback(self, feedback: Feedback) -> None:
         try:
@@ -107,15 +114,16 @@ class ResilientStore:
             self._failed(exc)
         # The decision is in the spool (recorded while the primary was down): the label waits
         # there with it. A decision held only by an unreachable primary cannot be labelled now.
-        try:
-            self.spool.add_feedback(feedback)
-        except UnknownDecisionError:
-            if self.degraded is not None:
-                raise StoreError(
-                    f"the decision store is unavailable ({self.degraded}); retry later"
-                ) from None
-            raise
-        self._pending = True
+        with self._lock:  # never between a drain's read and its delete
+            try:
+                self.spool.add_feedback(feedback)
+            except UnknownDecisionError:
+                if self.degraded is not None:
+                    raise StoreError(
+                        f"the decision store is unavailable ({self.degraded}); retry later"
+                    ) from None
+                raise
+            self._pending = True
 
     def feedback(self, decision_id: str) -> list[Feedback]:
         try:

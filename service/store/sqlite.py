@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
 CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,
     decision_id TEXT NOT NULL REFERENCES decisions (id),
     at REAL NOT NULL,
     correct INTEGER,
@@ -109,19 +110,26 @@ class SqliteStore:
         self.get(feedback.decision_id)
         correct = None if feedback.correct is None else int(feedback.correct)
         self._run(
-            "INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
-            (feedback.decision_id, feedback.at, correct, feedback.label, feedback.comment),
+            "INSERT OR IGNORE INTO feedback VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                feedback.feedback_id,
+                feedback.decision_id,
+                feedback.at,
+                correct,
+                feedback.label,
+                feedback.comment,
+            ),
         )
 
     def feedback(self, decision_id: str) -> list[Feedback]:
         rows = self._run(
-            "SELECT decision_id, correct, label, comment, at FROM feedback "
+            "SELECT decision_id, correct, label, comment, at, id FROM feedback "
             "WHERE decision_id = ? ORDER BY at, rowid",
             (decision_id,),
         )
         return [
-            Feedback(d, None if c is None else bool(c), label, comment, at)
-            for d, c, label, comment, at in rows
+            Feedback(d, None if c is None else bool(c), label, comment, at, fid)
+            for d, c, label, comment, at, fid in rows
         ]
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
