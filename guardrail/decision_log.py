@@ -25,12 +25,15 @@ class DecisionLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._folder_made = False
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line and flush it to the operating system."""
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._folder_made:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._folder_made = True
             # One write call per line in append mode: lines from processes sharing the file
             # do not interleave within a line.
             with self.path.open("a", encoding="utf-8") as handle:

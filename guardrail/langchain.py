@@ -24,7 +24,6 @@ for LCEL pipelines that route on the action.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -51,6 +50,7 @@ from guardrail.backends.transformers import TransformersBackend
 from guardrail.config import GuardrailConfig
 from guardrail.errors import BackendError
 from guardrail.policy_runtime import PolicyRuntime
+from guardrail.render import text_pieces
 from guardrail.types import Generation, Response, TokenStats
 from policies import Policy
 from policies.loader import PolicySet
@@ -296,22 +296,15 @@ class GuardedChatModel(BaseChatModel):
             from guardrail.pipeline import Guardrail
 
             policy = self.policy
-            runtime = (
-                PolicyRuntime.from_setting(policy)
-                if isinstance(policy, str)
-                else policy
-                if isinstance(policy, PolicyRuntime)
-                else PolicyRuntime.from_policy(policy)
-                if isinstance(policy, Policy | PolicySet)
-                else None
-            )
-            if runtime is None:
+            if isinstance(policy, str):
+                policy = PolicyRuntime.from_setting(policy)
+            if not isinstance(policy, Policy | PolicySet | PolicyRuntime):
                 raise TypeError(
                     "policy must be a bundled policy name, a policy file path, a Policy, a "
                     f"PolicySet or a PolicyRuntime; got {type(policy).__name__}"
                 )
             backend: GeneratorBackend = LangChainChatBackend(self.model)
-            self._guard = Guardrail(backend=backend, policy=runtime, config=self.config)
+            self._guard = Guardrail(backend=backend, policy=policy, config=self.config)
         return self._guard
 
     def decide(self, question: str) -> Response:
@@ -354,7 +347,7 @@ class GuardedChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         """The decision is made first; then its text streams, and the record comes last."""
         response = self.decide(self._question(messages))
-        for piece in re.findall(r"\S+\s*|\s+", response.text):
+        for piece in text_pieces(response.text):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from guardrail.signals import contains_phrase, normalize_answer
@@ -95,3 +96,9 @@ def quote(passages: Sequence[Passage], max_words: int) -> str:
     words = passage.text.split()
     text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
     return f'"{text}" ({passage.title or passage.source}, {passage.id})'
+
+
+def text_pieces(text: str) -> list[str]:
+    """The text in word-sized pieces (each word with its trailing space), for streaming: the
+    pieces join back to exactly the text."""
+    return re.findall(r"\S+\s*|\s+", text)

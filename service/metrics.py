@@ -28,7 +28,8 @@ from prometheus_client import (
 NO_TENANT = "-"
 """The tenant label of requests made without a tenant."""
 
-STAGES = {"retrieve": "retrieve", "generate": "generate", "score": "score", "total": "total"}
+STAGES = ("retrieve", "generate", "score", "total")
+"""The request stages timed, as the decision record's ``timings`` name them."""
 
 
 class Metrics:
@@ -90,9 +91,9 @@ class Metrics:
         self.requests.labels(endpoint, tenant, policy, str(record.get("action"))).inc()
         self.confidence.labels(tenant, policy).observe(float(record.get("confidence") or 0.0))
         timings = record.get("timings") or {}
-        for key, stage in STAGES.items():
-            if key in timings:
-                self.stage.labels(stage).observe(float(timings[key]))
+        for stage in STAGES:
+            if stage in timings:
+                self.stage.labels(stage).observe(float(timings[stage]))
         if record.get("escalated"):
             self.escalations.labels(tenant, policy, "escalated").inc()
         elif record.get("rule") == "escalation:exhausted":

@@ -79,6 +79,19 @@ def _backend(request: Request, model: str) -> TransformersBackend:
     return backend
 
 
+def _reply(
+    prefix: str, kind: str, backend: TransformersBackend, choice: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's envelope around one choice."""
+    return {
+        "id": prefix + uuid.uuid4().hex,
+        "object": kind,
+        "created": int(time.time()),
+        "model": backend.name,
+        "choices": [choice],
+    }
+
+
 def _stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
@@ -157,14 +170,9 @@ def _complete(backend: TransformersBackend, body: CompletionRequest) -> dict[str
 async def completions(body: CompletionRequest, request: Request) -> dict[str, Any]:
     """A completion of ``prompt`` (greedy at temperature 0), with OpenAI-style logprobs."""
     backend = _backend(request, body.model)
-    choice = await run_in_threadpool(_complete, backend, body)
-    return {
-        "id": "cmpl-" + uuid.uuid4().hex,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": backend.name,
-        "choices": [choice],
-    }
+    return _reply(
+        "cmpl-", "text_completion", backend, await run_in_threadpool(_complete, backend, body)
+    )
 
 
 def _chat(backend: TransformersBackend, body: ChatRequest) -> dict[str, Any]:
@@ -214,14 +222,9 @@ def _chat(backend: TransformersBackend, body: ChatRequest) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, request: Request) -> dict[str, Any]:
     """A chat completion from the embedded model, with OpenAI-style logprobs."""
     backend = _backend(request, body.model)
-    choice = await run_in_threadpool(_chat, backend, body)
-    return {
-        "id": "chatcmpl-" + uuid.uuid4().hex,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": backend.name,
-        "choices": [choice],
-    }
+    return _reply(
+        "chatcmpl-", "chat.completion", backend, await run_in_threadpool(_chat, backend, body)
+    )
 
 
 @router.get("/healthz")

@@ -14,7 +14,6 @@ Earlier turns of the conversation are not used yet: the question must stand on i
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from guardrail.render import text_pieces
 from service.deps import AnswererDep, CallerDep, GuardDep, SettingsDep
 from service.errors import ApiError
 
@@ -207,7 +207,7 @@ async def _chunks(
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
     yield event({"role": "assistant", "content": ""}, None)
-    for piece in re.findall(r"\S+\s*|\s+", text):
+    for piece in text_pieces(text):
         yield event({"content": piece}, None)
     yield event({}, "stop", guardrail=extra)
     yield "data: [DONE]\n\n"

@@ -24,7 +24,7 @@ from service.store import (
     normalize_question,
 )
 
-T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15), on a minute and hour boundary... nearly
+T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15); tests round it to their bucket
 
 
 class Clock:

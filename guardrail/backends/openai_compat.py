@@ -21,17 +21,8 @@ from typing import Any
 import httpx
 
 from guardrail.errors import BackendError
+from guardrail.redact import without_credentials
 from guardrail.types import FinishReason, Generation, TokenStats
-
-
-def _without_credentials(url: str) -> str:
-    """The URL without a ``user:password@`` part, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 class ScoringUnavailable(BackendError):
@@ -101,7 +92,7 @@ class OpenAICompatibleBackend:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._shown_url = _without_credentials(self.base_url)
+        self._shown_url = without_credentials(self.base_url)
         self.name = model
         self.top_logprobs = top_logprobs
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -249,7 +249,6 @@ class TransformersBackend:
             total += float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
         return total
 
-    @torch.inference_mode()
     def _generate(
         self,
         prompt: str,
@@ -259,6 +258,18 @@ class TransformersBackend:
         *,
         stop_at_newline: bool = True,
     ) -> Generation:
+        return self._decode(prompt, max_new_tokens, temperature, probe, stop_at_newline)[0]
+
+    @torch.inference_mode()
+    def _decode(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float,
+        probe: str | None,
+        stop_at_newline: bool,
+    ) -> tuple[Generation, torch.Tensor | None]:
+        """The decoding loop; also the logits rows that chose each token (None for none)."""
         start = time.perf_counter()
         prompt_ids = self._encode_prompt(prompt)
         model = self._model
@@ -291,11 +302,14 @@ class TransformersBackend:
             cache = out.cache
             logits = out.logits[0, -1]
         tokens = self._tokenizer.convert_ids_to_tokens(ids)
+        stacked = torch.stack(rows) if rows else None
         stats = (
-            token_stats_from_logits(torch.stack(rows), ids, tokens) if ids else TokenStats.empty()
+            token_stats_from_logits(stacked, ids, tokens)
+            if stacked is not None
+            else TokenStats.empty()
         )
         text = self._tokenizer.decode(ids, skip_special_tokens=True).strip()
-        return Generation(
+        generation = Generation(
             text=text,
             stats=stats,
             prompt_tokens=len(prompt_ids),
@@ -304,6 +318,7 @@ class TransformersBackend:
             probe_logprob=probe_logprob,
             probe_seconds=probe_seconds,
         )
+        return generation, stacked
 
     def sample(
         self, prompt: str, n: int, *, temperature: float = 1.0, max_new_tokens: int = 32
@@ -404,20 +419,13 @@ class TransformersBackend:
         """``generate``, plus the ``top_k`` alternatives of every generated token."""
         self.load()
         with self._lock:
-            generation = self._generate(
-                prompt, max_new_tokens, temperature, None, stop_at_newline=stop_at_newline
+            # The decoding loop's own logits rows: no second pass over prompt and answer.
+            generation, rows = self._decode(
+                prompt, max_new_tokens, temperature, None, stop_at_newline
             )
-            if not top_k or not generation.stats.token_ids:
+            if not top_k or rows is None:
                 return generation, []
-            rows = self._rows(prompt, list(generation.stats.token_ids))
             return generation, self.top_logprobs(rows, top_k)
-
-    @torch.inference_mode()
-    def _rows(self, prompt: str, cont_ids: list[int]) -> torch.Tensor:
-        prompt_ids = self._encode_prompt(prompt)
-        n = len(cont_ids)
-        rows: torch.Tensor = self._run_prompt(prompt, prompt_ids + cont_ids, rows=n).logits[0]
-        return rows
 
     @torch.inference_mode()
     def prompt_logprobs(
@@ -442,8 +450,7 @@ class TransformersBackend:
             out: list[tuple[str, int, float | None, list[tuple[str, float]]]] = []
             offset = 0
             skip = len(self._tokenizer.decode(ids[:1], skip_special_tokens=True)) == 0
-            first_logprob: float | None = None
-            chosen: list[float | None] = [first_logprob]
+            chosen: list[float | None] = [None]  # the first token has no context
             alternatives: list[list[tuple[str, float]]] = [[]]
             for start in range(0, len(ids) - 1, chunk):
                 block = hidden[start : min(start + chunk, len(ids) - 1)]

@@ -8,6 +8,7 @@ policy, the confidence distribution, the latest decisions.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import unicodedata
@@ -138,8 +139,6 @@ def normalize_question(question: str) -> str:
 
 def cache_key(question: str, corpus_version: str, policy_hash: str, tenant: str | None) -> str:
     """The response cache key: the normalised question, the corpus version and the policy."""
-    import hashlib
-
     parts = [normalize_question(question), corpus_version, policy_hash, tenant or ""]
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
@@ -160,11 +159,6 @@ def summary_fields(record: Mapping[str, Any]) -> dict[str, Any]:
 ESCALATED = "escalated"
 """The pseudo-action that :meth:`DecisionStore.action_counts` also counts: decisions that went
 to escalation, whatever their final action (answered by a target, or fallen back)."""
-
-
-def bucket_start(at: float, bucket_seconds: int) -> float:
-    """The start of the bucket ``at`` falls in."""
-    return float(int(at // bucket_seconds) * bucket_seconds)
 
 
 def merge_buckets(rows: Sequence[Bucket]) -> list[Bucket]:

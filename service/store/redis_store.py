@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from guardrail.redact import without_credentials
 from service.store.base import (
     CONFIDENCE_BINS,
     ESCALATED,
@@ -95,7 +96,9 @@ class RedisStore:
         try:
             return func(*args, **kwargs)
         except redis.RedisError as exc:
-            raise StoreError(f"Redis at {_safe_url(self.url)} failed to {what}: {exc}") from exc
+            raise StoreError(
+                f"Redis at {without_credentials(self.url)} failed to {what}: {exc}"
+            ) from exc
 
     def record(self, record: Mapping[str, Any]) -> str:
         """Keep a record once: recording the same id again (a retried spool drain) changes
@@ -217,14 +220,3 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

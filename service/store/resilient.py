@@ -49,7 +49,7 @@ class ResilientStore:
         self.degraded: str | None = None
         self.fallbacks = 0
         """How many operations fell back to the spool (for the metrics)."""
-        self._pending = bool(spool.all_records())
+        self._pending = not spool.is_empty()
 
     def _failed(self, exc: StoreError) -> None:
         if self.degraded is None:
@@ -72,7 +72,7 @@ class ResilientStore:
             except StoreError as exc:
                 self._failed(exc)
                 return
-            self._pending = bool(self.spool.all_records())
+            self._pending = not self.spool.is_empty()
             if self.degraded is not None:
                 logger.info("decision store recovered; the spool is drained")
             self.degraded = None

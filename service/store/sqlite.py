@@ -197,6 +197,10 @@ class SqliteStore:
         with self._lock:
             self._db.close()
 
+    def is_empty(self) -> bool:
+        """Whether no decision is stored (a cheap check; the spool asks it often)."""
+        return not self._run("SELECT 1 FROM decisions LIMIT 1")
+
     def all_records(self) -> list[dict[str, Any]]:
         """Every record, oldest first (the spool of :class:`ResilientStore` is drained so)."""
         rows = self._run("SELECT record FROM decisions ORDER BY at, rowid")
