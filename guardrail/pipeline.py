@@ -381,7 +381,7 @@ class Guardrail:
             action=action.value,
             answer=assessed.answer,
             confidence=assessed.confidence,
-            confidence_method=loaded.scorer(policy).method,
+            confidence_method=scorer.method,
             signals=dict(assessed.signals),
             flags=tuple(sorted(assessed.flags)),
             flag_details=dict(assessed.flags),
