@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from guardrail.errors import ConfigError
+from guardrail.signals import SENTENCE_SIGNALS
 
 ARTIFACT_FORMAT = "guardrail-calibrator"
 ARTIFACT_VERSION = 1
@@ -61,10 +62,12 @@ TOKEN_FEATURES: tuple[str, ...] = (
     "answer_in_passages",
     "question_overlap",
     "answer_sentence_overlap",
+    *SENTENCE_SIGNALS,
     "retrieval_top_score",
     "retrieval_margin",
 )
-"""Signals of the contextual generation and of retrieval."""
+"""Signals of the contextual generation, of the answer's place in the passages and of
+retrieval."""
 
 DEFAULT_FEATURES: tuple[str, ...] = CG_FEATURES + TOKEN_FEATURES
 C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)

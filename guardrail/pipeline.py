@@ -38,12 +38,12 @@ from guardrail.policy_runtime import (
 )
 from guardrail.prompts import prompt_for
 from guardrail.render import citations, cited_passages, render
-from guardrail.signals import SignalInputs, compute_signals
+from guardrail.signals import SignalInputs, compute_signals, embedder_similarity
 from guardrail.types import Generation, Response, TokenStats
 from policies import Action, Assessment, Decision, Policy, decide
 from policies.escalation import BudgetLedger, EscalationLedger, TargetFailed, run_chain
 from policies.loader import PolicySet
-from retrievers import PassageIndex, SentenceTransformerEmbedder
+from retrievers import Embedder, PassageIndex, SentenceTransformerEmbedder
 from retrievers.types import Passage
 
 BackendFactory = Callable[[], GeneratorBackend]
@@ -66,6 +66,10 @@ class Assessed:
     def assessment(self) -> Assessment:
         """What the policy decides on."""
         return Assessment(self.confidence, dict(self.signals), frozenset(self.flags))
+
+
+AssessFn = Callable[[GeneratorBackend, str, Sequence[Passage], ConfidenceScorer], Assessed]
+"""How a model's answer to a question is generated and measured (``Guardrail.assess``)."""
 
 
 def load_policy_setting(value: str) -> Policy:
@@ -139,11 +143,15 @@ class Guardrail:
         shadow: Policy | PolicySet | PolicyRuntime | None = None,
         decision_log: DecisionLog | None = None,
         ledger: BudgetLedger | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.backend = backend
         self.policies = _runtime(policy, confidence)
         self.shadow = _runtime(shadow, None) if shadow is not None else None
         self.index = index
+        # The sentence embedder behind answer_sentence_similarity: the index's, unless given.
+        self.embedder = embedder if embedder is not None else (index.embedder if index else None)
+        self.similarity = embedder_similarity(self.embedder) if self.embedder else None
         self.config = config or GuardrailConfig()
         self.flag_rules = flag_rules or FlagRules()
         self.decision_log = decision_log
@@ -180,11 +188,8 @@ class Guardrail:
         config = config or GuardrailConfig()
         policies = PolicyRuntime.from_setting(config.policy)
         shadow = PolicyRuntime.from_setting(config.shadow_policy) if config.shadow_policy else None
-        index = (
-            PassageIndex.load(config.resolved_index_dir(), SentenceTransformerEmbedder())
-            if with_index
-            else None
-        )
+        embedder = SentenceTransformerEmbedder()  # loads its model on first use
+        index = PassageIndex.load(config.resolved_index_dir(), embedder) if with_index else None
         return cls(
             backend=generator_backend(config),
             policy=policies,
@@ -193,6 +198,7 @@ class Guardrail:
             config=config,
             shadow=shadow,
             decision_log=DecisionLog(config.decision_log) if config.decision_log else None,
+            embedder=embedder,
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -240,8 +246,10 @@ class Guardrail:
                 passages,
                 generation.probe_logprob,
                 question=question,
+                similarity=self.similarity,
             )
         )
+        signal_seconds = time.perf_counter() - start - score_seconds
         flags = self.flag_rules.flags(
             abstained=abstained,
             signals=signals,
@@ -261,6 +269,7 @@ class Guardrail:
                 "generate": generation.seconds - generation.probe_seconds,
                 "abstain_probe": generation.probe_seconds,
                 "score": score_seconds,
+                "signals": signal_seconds,
             },
         )
 
@@ -288,10 +297,12 @@ class Guardrail:
         policy: Policy | None = None,
         first_answered: bool = True,
         scorer: ConfidenceScorer | None = None,
+        assess: AssessFn | None = None,
     ) -> tuple[Assessed | None, Decision]:
         """Follow the policy's escalation chain (order, budgets, fallback; see
         :func:`policies.escalation.run_chain`). The assessed answer of the target that was
-        accepted, or ``None`` when the chain fell back, and the final decision."""
+        accepted, or ``None`` when the chain fell back, and the final decision. ``assess``
+        replaces :meth:`assess` for the targets (the evaluation's cache uses it)."""
         if policy is None:
             loaded = self.policies.current
             policy = loaded.policy_for(None)
@@ -302,7 +313,7 @@ class Guardrail:
         def attempt(target: str) -> tuple[Assessed, Decision]:
             try:
                 backend = self._escalation_backend(target)
-                assessed = self.assess(backend, question, passages, scorer)
+                assessed = (assess or self.assess)(backend, question, passages, scorer)
             except GuardrailError as exc:
                 raise TargetFailed(str(exc)) from None
             return assessed, decide(assessed.assessment(), policy)

@@ -27,9 +27,32 @@ answer prefix teacher-forced in ONE ``score`` pass). ``H`` is Shannon entropy in
   answer (the best one if several do): is the answer drawn from the sentence that addresses
   the question, or from an unrelated one? None when the answer is not found in a passage.
 
-``question_overlap``, ``answer_sentence_overlap``, ``answer_in_passages`` and the retrieval
-signals read only text and scores (``TEXT_SIGNALS``): they cost nothing next to the model and
-can be recomputed from a stored answer at any time.
+The answer's sentence gets a closer look, since a small model picks a plausible span from a
+sentence that *almost* answers the question (a different year, a negated relation, the
+question's own entity). Each of these is None when the answer is not found in a passage:
+
+- ``answer_sentence_gap``: ``answer_sentence_overlap`` minus the highest overlap of any passage
+  sentence: 0 when the answer comes from the sentence that matches the question best,
+  negative when a better-matching sentence was passed over.
+- ``answer_sentence_weighted_overlap``: like ``answer_sentence_overlap`` with each question
+  word weighted by how rare it is among the passages' sentences (``log((n + 1) / (df + 0.5))``
+  for ``n`` sentences, ``df`` of them holding the word): the topic word every sentence repeats
+  counts little, the one detail that pins the answer down counts much.
+- ``answer_occurrences``: how many passage sentences hold the answer (a string the passages
+  repeat everywhere is often the topic rather than the answer).
+- ``answer_proximity``: words between the answer and the nearest question word in its
+  sentence (None also when that sentence holds no question word).
+- ``answer_sentence_similarity``: cosine similarity of the question and the answer's sentence
+  under the sentence embedder (all-MiniLM-L6-v2 by default): the lexical overlaps above miss
+  paraphrases. None also without an embedder.
+- ``negation_mismatch``: 1.0 when the question is negated ("not", "never", "n't", ...) and no
+  sentence holding the answer is, else 0.0.
+- ``question_negated``: 1.0 when the question holds a negation (a relation a small extractive
+  reader tends to ignore), else 0.0.
+
+The signals from ``answer_in_passages`` on, ``question_overlap`` and the retrieval signals read
+only text, scores and (for the similarity) the embedder (``TEXT_SIGNALS``): they cost little
+next to the model and can be recomputed from a stored answer at any time.
 
 A signal that cannot be computed (no answer tokens, no parametric pass, no passages) is
 ``None``; policies treat a missing value as not matching any comparison.
@@ -42,6 +65,8 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from guardrail.types import TokenStats
 from retrievers import Passage
@@ -57,6 +82,50 @@ class SignalInputs:
     passages: Sequence[Passage]
     abstain_logprob: float | None = None
     question: str = ""
+    similarity: Similarity | None = None
+
+    @cached_property
+    def question_words(self) -> list[str]:
+        """The question's content words (see ``content_words``)."""
+        return content_words(self.question)
+
+    @cached_property
+    def sentences(self) -> list[str]:
+        """The passages cut into sentences, in order."""
+        return [s for p in self.passages for s in _SENTENCE_END.split(p.text) if s.strip()]
+
+    @cached_property
+    def holding(self) -> list[int]:
+        """Indices of the sentences that hold the normalised answer (none for an empty one)."""
+        answer = normalize_answer(self.answer)
+        if not answer:
+            return []
+        return [i for i, s in enumerate(self.sentences) if contains_phrase(s, answer)]
+
+    @cached_property
+    def sentence_words(self) -> list[set[str]]:
+        """The words of each sentence (``_words``), as sets."""
+        return [set(_words(s)) for s in self.sentences]
+
+    def overlap(self, i: int) -> float:
+        """Share of the question's content words that sentence ``i`` holds."""
+        words = self.question_words
+        return sum(w in self.sentence_words[i] for w in words) / len(words)
+
+
+Similarity = Callable[[str, Sequence[str]], Sequence[float]]
+"""Cosine similarity of a question to each of some sentences."""
+
+
+def embedder_similarity(embedder: Any) -> Similarity:
+    """A ``Similarity`` from an embedder with ``embed(texts)`` returning L2-normalised rows
+    (``retrievers.embedding.Embedder``): one batch of the question and the sentences."""
+
+    def similarity(question: str, sentences: Sequence[str]) -> list[float]:
+        vectors = embedder.embed([question, *sentences])
+        return [float(v) for v in vectors[1:] @ vectors[0]]
+
+    return similarity
 
 
 SignalFn = Callable[[SignalInputs], float | None]
@@ -196,24 +265,80 @@ def _overlap(question_words: Sequence[str], text: str) -> float:
 
 
 def _question_overlap(x: SignalInputs) -> float | None:
-    words = content_words(x.question)
+    words = x.question_words
     if not words or not x.passages:
         return None
     return _overlap(words, " ".join(p.text for p in x.passages))
 
 
 def _answer_sentence_overlap(x: SignalInputs) -> float | None:
-    words = content_words(x.question)
-    answer = normalize_answer(x.answer)
-    if not words or not answer:
+    if not x.question_words or not x.holding:
         return None
-    holding = [
-        sentence
-        for p in x.passages
-        for sentence in _SENTENCE_END.split(p.text)
-        if contains_phrase(sentence, answer)
-    ]
-    return max((_overlap(words, s) for s in holding), default=None)
+    return max(x.overlap(i) for i in x.holding)
+
+
+def _answer_sentence_gap(x: SignalInputs) -> float | None:
+    best = _answer_sentence_overlap(x)
+    if best is None:
+        return None
+    return best - max(x.overlap(i) for i in range(len(x.sentences)))
+
+
+def _answer_sentence_weighted_overlap(x: SignalInputs) -> float | None:
+    words = x.question_words
+    if not words or not x.holding:
+        return None
+    n = len(x.sentences)
+    weight = {
+        w: math.log((n + 1) / (sum(w in sw for sw in x.sentence_words) + 0.5)) for w in set(words)
+    }
+    total = sum(weight[w] for w in words)
+    if total <= 0:
+        return None
+    return max(sum(weight[w] for w in words if w in x.sentence_words[i]) / total for i in x.holding)
+
+
+def _answer_occurrences(x: SignalInputs) -> float | None:
+    return float(len(x.holding)) if x.holding else None
+
+
+def _answer_proximity(x: SignalInputs) -> float | None:
+    if not x.question_words or not x.holding:
+        return None
+    sentence = max(x.holding, key=x.overlap)
+    tokens = _words(x.sentences[sentence])
+    answer = _words(normalize_answer(x.answer))
+    starts = [i for i in range(len(tokens)) if tokens[i : i + len(answer)] == answer]
+    asked = set(x.question_words)
+    near = [i for i, t in enumerate(tokens) if t in asked]
+    if not starts or not near:
+        return None
+    return float(min(abs(a - q) for a in starts for q in near))
+
+
+def _answer_sentence_similarity(x: SignalInputs) -> float | None:
+    if x.similarity is None or not x.question.strip() or not x.holding:
+        return None
+    return max(x.similarity(x.question, [x.sentences[i] for i in x.holding]))
+
+
+_NEGATION = re.compile(r"\b(not|never|no|none|nor|neither|without|cannot)\b|n['\u2019]t\b")
+
+
+def _negated(text: str) -> bool:
+    return bool(_NEGATION.search(text.lower()))
+
+
+def _negation_mismatch(x: SignalInputs) -> float | None:
+    if not x.holding:
+        return None
+    if not _negated(x.question):
+        return 0.0
+    return float(not any(_negated(x.sentences[i]) for i in x.holding))
+
+
+def _question_negated(x: SignalInputs) -> float | None:
+    return float(_negated(x.question)) if x.question.strip() else None
 
 
 SIGNALS: Mapping[str, SignalFn] = {
@@ -235,22 +360,42 @@ SIGNALS: Mapping[str, SignalFn] = {
     "answer_tokens": _answer_tokens,
     "question_overlap": _question_overlap,
     "answer_sentence_overlap": _answer_sentence_overlap,
+    "answer_sentence_gap": _answer_sentence_gap,
+    "answer_sentence_weighted_overlap": _answer_sentence_weighted_overlap,
+    "answer_occurrences": _answer_occurrences,
+    "answer_proximity": _answer_proximity,
+    "answer_sentence_similarity": _answer_sentence_similarity,
+    "negation_mismatch": _negation_mismatch,
+    "question_negated": _question_negated,
 }
 """The registered signals, by name. Policies may reference exactly these names."""
 
 SIGNAL_NAMES: frozenset[str] = frozenset(SIGNALS)
 
 
+SENTENCE_SIGNALS: tuple[str, ...] = (
+    "answer_sentence_gap",
+    "answer_sentence_weighted_overlap",
+    "answer_occurrences",
+    "answer_proximity",
+    "answer_sentence_similarity",
+    "negation_mismatch",
+    "question_negated",
+)
+"""The signals that take a closer look at the answer's sentence (see the module docstring)."""
+
 TEXT_SIGNALS: frozenset[str] = frozenset(
     {
         "question_overlap",
         "answer_sentence_overlap",
+        *SENTENCE_SIGNALS,
         "answer_in_passages",
         "retrieval_top_score",
         "retrieval_margin",
     }
 )
-"""Signals computed from text and retrieval scores alone (no model output but the answer)."""
+"""Signals computed from text, retrieval scores and the sentence embedder alone (no model
+output but the answer)."""
 
 
 def compute_signals(inputs: SignalInputs) -> dict[str, float | None]:
@@ -259,8 +404,13 @@ def compute_signals(inputs: SignalInputs) -> dict[str, float | None]:
 
 
 def compute_text_signals(
-    question: str, answer: str, passages: Sequence[Passage]
+    question: str,
+    answer: str,
+    passages: Sequence[Passage],
+    similarity: Similarity | None = None,
 ) -> dict[str, float | None]:
-    """The ``TEXT_SIGNALS`` of a stored answer, without any model."""
-    inputs = SignalInputs(answer, TokenStats.empty(), None, passages, question=question)
+    """The ``TEXT_SIGNALS`` of a stored answer, without the generator model."""
+    inputs = SignalInputs(
+        answer, TokenStats.empty(), None, passages, question=question, similarity=similarity
+    )
     return {name: SIGNALS[name](inputs) for name in sorted(TEXT_SIGNALS)}

@@ -2,7 +2,7 @@
 
 guardrail_requests_total{endpoint, tenant, policy, action}   decisions served
 guardrail_confidence{tenant, policy}                        histogram of the confidence
-guardrail_stage_seconds{stage}                              retrieve, generate, score, total
+guardrail_stage_seconds{stage}                              retrieve generate score signals total
 guardrail_escalations_total{tenant, policy, outcome}         escalated | fell_back
 guardrail_errors_total{type}                                errors answered, by type
 guardrail_cache_hits_total                                  answers from the response cache
@@ -28,7 +28,7 @@ from prometheus_client import (
 NO_TENANT = "-"
 """The tenant label of requests made without a tenant."""
 
-STAGES = ("retrieve", "generate", "score", "total")
+STAGES = ("retrieve", "generate", "score", "signals", "total")
 """The request stages timed, as the decision record's ``timings`` name them."""
 
 

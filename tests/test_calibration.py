@@ -12,6 +12,7 @@ import pytest
 
 from guardrail.calibration import (
     ABSTAINED,
+    DEFAULT_FEATURES,
     IsotonicCalibrator,
     LogisticCalibrator,
     NotFittedError,
@@ -19,6 +20,7 @@ from guardrail.calibration import (
 )
 from guardrail.errors import ConfigError
 from guardrail.evaluation.metrics import auroc
+from guardrail.evaluation.report import DIRECTIONS
 from guardrail.risk import (
     binomial_pvalue,
     control_risk,
@@ -27,6 +29,7 @@ from guardrail.risk import (
     realised,
     start_answered,
 )
+from guardrail.signals import SIGNAL_NAMES
 
 
 def synthetic(n: int, seed: int) -> tuple[list[dict[str, float | None]], list[bool]]:
@@ -238,3 +241,11 @@ def test_abstentions_are_never_answered() -> None:
 def test_bad_risk_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         control_risk([0.5], [True], **kwargs)  # type: ignore[arg-type]
+
+
+def test_every_signal_has_a_report_direction_and_every_feature_is_a_signal() -> None:
+    # A signal without an a-priori direction would silently drop out of the single-signal
+    # comparison that the calibrated confidence is measured against.
+    assert set(DIRECTIONS) == SIGNAL_NAMES
+    assert set(DEFAULT_FEATURES) <= SIGNAL_NAMES
+    assert all(direction in (-1, 1) for direction in DIRECTIONS.values())

@@ -27,6 +27,8 @@ VOCAB = ("Paris", "Lyon", "Rome", "unanswerable", "Berlin", "Oslo", "Nice", "Mad
 ROME = Passage("rome", "Rome is the capital of Italy.", "atlas.txt", title="Italy", score=0.6)
 PARIS = Passage("paris", "Paris is the capital of France.", "atlas.txt", title="France", score=0.7)
 LYON = Passage("lyon", "The capital of France is Lyon.", "forged.txt", title="Forged", score=0.8)
+STAGES = {"retrieve", "generate", "abstain_probe", "score", "signals", "total"}
+"""The timed steps of one answer, as ``Response.timings`` names them."""
 MADRID = Passage("madrid", "Madrid is the capital of Spain.", "atlas.txt", title="Spain", score=0.5)
 
 
@@ -79,7 +81,7 @@ def test_confident_supported_answer_is_answered_with_its_citation(policy: Policy
     assert response.model == "confident-Paris"
     assert response.policy_name == "balanced"
     assert response.signals["answer_in_passages"] == 1.0
-    assert set(response.timings) == {"retrieve", "generate", "abstain_probe", "score", "total"}
+    assert set(response.timings) == STAGES
     # No conflict: the closed-book answer is never generated.
     assert model.calls == [("generate", "contextual"), ("score", "parametric")]
 
@@ -316,7 +318,7 @@ def test_response_to_dict_is_json_serialisable(policy: Policy) -> None:
     assert data["signals"]["answer_in_passages"] == 1.0
     assert data["signals"]["parametric_agreement"] == 0.0
     assert data["policy_hash"] == response.policy_hash
-    assert set(data["timings"]) == {"retrieve", "generate", "abstain_probe", "score", "total"}
+    assert set(data["timings"]) == STAGES
 
 
 # ---------------------------------------------------------------- calibrated policies

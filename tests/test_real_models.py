@@ -59,6 +59,9 @@ def test_answerable_question_is_answered_with_a_citation(guard: Guardrail) -> No
     assert response.model == "gemma-3-270m"
     assert response.signals["retrieval_top_score"] is not None
     assert response.signals["cg_mean"] is not None
+    # The index's embedder compares the question with the sentence that holds the answer.
+    similarity = response.signals["answer_sentence_similarity"]
+    assert similarity is not None and 0.2 < similarity <= 1.0
 
 
 def test_question_outside_the_corpus_is_not_answered_outright(guard: Guardrail) -> None:

@@ -24,10 +24,11 @@ from guardrail.signals import (
     compute_signals,
     compute_text_signals,
     confidence_gains,
+    embedder_similarity,
     normalize_answer,
 )
 from guardrail.types import TokenStats
-from retrievers import Passage
+from retrievers import HashingEmbedder, Passage
 
 VOCAB = ("Paris", "Lyon", "Rome", "Nice", "Berlin", "Oslo")
 LN2, LN4 = math.log(2), math.log(4)
@@ -390,3 +391,87 @@ def test_text_signals_need_no_model() -> None:
     assert values["answer_in_passages"] == 1.0
     assert values["answer_sentence_overlap"] == 1.0
     assert values["retrieval_top_score"] is None  # the passage has no score
+
+
+# ---------------------------------------------------------------- the answer's sentence
+
+BRIDGES = passage(
+    "b",
+    "The tower stands by the river. The tower was finished in 1889. "
+    "The tower was painted in 1889 and in 1920.",
+)
+
+
+def text(question: str, answer: str, *found: Passage, **kw: object) -> dict[str, float | None]:
+    return compute_text_signals(question, answer, list(found or [TOWER]), **kw)  # type: ignore[arg-type]
+
+
+def test_answer_sentence_gap_is_zero_for_the_best_matching_sentence() -> None:
+    question = "When was the tower finished?"
+    assert text(question, "1889")["answer_sentence_gap"] == 0.0
+    # "1920" sits in a sentence holding neither "tower" nor "finished"; another holds both.
+    assert text(question, "1920")["answer_sentence_gap"] == -1.0
+    assert text(question, "1750")["answer_sentence_gap"] is None
+
+
+def test_weighted_overlap_counts_rare_question_words_more() -> None:
+    # Three sentences: "tower" is in all of them, "finished" in one.
+    tower, finished = math.log(4 / 3.5), math.log(4 / 1.5)
+    values = text("When was the tower finished?", "1920", BRIDGES)
+    assert values["answer_sentence_weighted_overlap"] == approx(tower / (tower + finished))
+    assert values["answer_sentence_overlap"] == 0.5  # the unweighted share
+    best = text("When was the tower finished?", "1889", BRIDGES)
+    assert best["answer_sentence_weighted_overlap"] == approx(1.0)  # the best of two sentences
+
+
+def test_answer_occurrences_counts_the_sentences_holding_the_answer() -> None:
+    assert text("When?", "1889", BRIDGES)["answer_occurrences"] == 2.0
+    assert text("When?", "1920", BRIDGES)["answer_occurrences"] == 1.0
+    assert text("When?", "1750", BRIDGES)["answer_occurrences"] is None
+
+
+def test_answer_proximity_is_the_distance_to_the_nearest_question_word() -> None:
+    # "the tower was finished in 1889": 1889 is two words after "finished".
+    assert text("When was the tower finished?", "1889")["answer_proximity"] == 2.0
+    # The sentence of "1920" holds no question word.
+    assert text("When was the tower finished?", "1920")["answer_proximity"] is None
+
+
+def test_negation_mismatch_and_question_negated() -> None:
+    negated = text("When was the tower not finished?", "1889")
+    assert negated["question_negated"] == 1.0
+    assert negated["negation_mismatch"] == 1.0  # the sentence says it *was* finished
+    agreeing = passage("n", "The tower was not finished in 1889.")
+    assert text("When was the tower not finished?", "1889", agreeing)["negation_mismatch"] == 0.0
+    plain = text("When was the tower finished?", "1889")
+    assert plain["question_negated"] == 0.0 and plain["negation_mismatch"] == 0.0
+    assert text("Why didn’t it open?", "1889")["question_negated"] == 1.0
+    assert text("Who is notable?", "1889")["question_negated"] == 0.0  # "not" as a word only
+    assert text("When was it never finished?", "1750")["negation_mismatch"] is None
+
+
+def test_answer_sentence_similarity_uses_the_embedder() -> None:
+    embedder = HashingEmbedder()
+    question = "When was the tower finished?"
+    values = text(question, "1889", similarity=embedder_similarity(embedder))
+    q, sentence = embedder.embed([question, "The tower was finished in 1889."])
+    assert values["answer_sentence_similarity"] == approx(float(q @ sentence))
+    assert 0.0 < values["answer_sentence_similarity"] < 1.0  # type: ignore[operator]
+    assert text(question, "1889")["answer_sentence_similarity"] is None  # no embedder
+    missing = text(question, "1750", similarity=embedder_similarity(embedder))
+    assert missing["answer_sentence_similarity"] is None  # the answer is in no sentence
+
+
+def test_guardrail_scores_similarity_with_its_index_embedder() -> None:
+    backend = ScriptedBackend(VOCAB, contextual=E2E_CTX, parametric=E2E_PAR)
+    found = [passage("p1", "The Paris Lyon night train leaves at ten.", 0.7)]
+    plain = Guardrail(backend=backend, policy=load_policy_setting("balanced"))
+    signals = plain.assess(backend, "Which train?", found).signals
+    assert signals["answer_sentence_similarity"] is None
+    embedded = Guardrail(
+        backend=backend, policy=load_policy_setting("balanced"), embedder=HashingEmbedder()
+    )
+    signals = embedded.assess(backend, "Which train?", found).signals
+    assert signals["answer_sentence_similarity"] == approx(
+        embedder_similarity(HashingEmbedder())("Which train?", [found[0].text])[0]
+    )
