@@ -29,7 +29,7 @@ from guardrail.evaluation.datasets import (
     load_items,
     split_items,
 )
-from guardrail.evaluation.report import EvalReport, observation
+from guardrail.evaluation.report import EvalReport, best_single, observation
 from guardrail.evaluation.runner import EvalRunner, Record, RecordCache
 from guardrail.pipeline import Guardrail, policy_path
 from guardrail.risk import METHODS, RiskControl, control_risk
@@ -187,9 +187,9 @@ def policy_actions(
     *,
     escalate: bool = True,
 ) -> tuple[list[str], list[Record]]:
-    """The policy's action for each record. An escalation is re-run on the target model and
-    scored on what it returns (that answer replaces the original); with ``escalate=False``
-    it counts as a defer."""
+    """The policy's action for each record. An escalation runs the policy's chain on the
+    target models (their answers cached like the records) and is scored on what it returns
+    (that answer replaces the original); with ``escalate=False`` it counts as a defer."""
     scorer = runner.guardrail.scorer
     actions: list[str] = []
     scored: list[Record] = []
@@ -201,7 +201,9 @@ def policy_actions(
         if decision.action is Action.ESCALATE:
             if escalate:
                 passages, _ = runner.passages_for(item)
-                assessed, decision = runner.guardrail.escalate(item.question, passages, decision)
+                assessed, decision = runner.guardrail.escalate(
+                    item.question, passages, decision, assess=runner.assess_target
+                )
                 if assessed is not None:
                     record = replace(record, answer=assessed.answer, abstained=assessed.abstained)
             else:
@@ -254,6 +256,7 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
     sweep: list[tuple[str, RiskControl]] = []
     fit_records: list[Record] = []
     certify_records: list[Record] = []
+    single_choice = None
     policy_file = policy_path(config.policy)
     policy = runner.guardrail.policy
     if args.fit_split:
@@ -264,6 +267,7 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
         fit_records, certify_records = fit_and_certify_parts(
             fit_items, calibration_records, args.seed
         )
+        single_choice = best_single(calibration_records)
         calibrators = fit_calibrators(fit_records, args.calibrator)
         for kind, calibrator in calibrators.items():
             risks[kind] = risk_controls(
@@ -312,6 +316,7 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
         sweep=sweep,
         policy_actions=actions,
         policy_records=policy_records,
+        single_choice=single_choice,
     )
     result = report.compute()
     out = args.out or Path("reports") / f"{Path(args.dataset).stem}-{setting}-{args.split}"
@@ -341,6 +346,12 @@ def _print_summary(result: dict[str, Any]) -> None:
         key=lambda kv: -1 if math.isnan(kv[1]["auroc"]) else kv[1]["auroc"],
     )
     print(f"  best single signal: {best[0]} AUROC {_fmt(best[1]['auroc'])}")
+    chosen = result.get("single_chosen_on_calibration")
+    if chosen:
+        print(
+            f"  single signal chosen on the calibration split: {chosen['signal']} AUROC "
+            f"{_fmt(chosen['auroc'])}"
+        )
     if "sampling_baseline" in result:
         print(f"  sampling agreement AUROC {_fmt(result['sampling_baseline']['auroc'])}")
     for name, block in result.get("calibrated", {}).items():

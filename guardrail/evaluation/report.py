@@ -49,6 +49,13 @@ DIRECTIONS: Mapping[str, int] = {
     "answer_tokens": -1,
     "question_overlap": 1,
     "answer_sentence_overlap": 1,
+    "answer_sentence_gap": 1,
+    "answer_sentence_weighted_overlap": 1,
+    "answer_occurrences": -1,
+    "answer_proximity": -1,
+    "answer_sentence_similarity": 1,
+    "negation_mismatch": -1,
+    "question_negated": -1,
 }
 """A priori direction of each signal: +1 when higher should mean more likely right."""
 
@@ -67,6 +74,22 @@ def _oriented(values: Sequence[float | None], direction: int) -> np.ndarray:
     return direction * filled - np.array(
         [0.0 if v is not None and math.isfinite(v) else 1e-9 for v in values]
     )
+
+
+def best_single(records: Sequence[Record]) -> tuple[str, float] | None:
+    """The single signal with the highest AUROC on ``records`` (oriented by ``DIRECTIONS``),
+    and that AUROC; None when no signal separates anything (one class only, or no values)."""
+    outcome = np.array([r.outcome_correct for r in records])
+    aurocs = {
+        name: metrics.auroc(_oriented([r.signals.get(name) for r in records], direction), outcome)
+        for name, direction in DIRECTIONS.items()
+        if any(r.signals.get(name) is not None for r in records)
+    }
+    finite = {name: a for name, a in aurocs.items() if math.isfinite(a)}
+    if not finite:
+        return None
+    name = max(finite, key=lambda n: finite[n])
+    return name, finite[name]
 
 
 def score_block(
@@ -105,6 +128,9 @@ class EvalReport:
     sweep: list[tuple[str, RiskControl]] = field(default_factory=list)
     policy_actions: list[str] | None = None
     policy_records: list[Record] | None = None
+    single_choice: tuple[str, float] | None = None
+    """The best single signal on the calibration split and its AUROC there (``best_single``):
+    the signal a deployment without a calibrator would pick, chosen without the test data."""
     result: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     """Every single score (oriented signals, sampling agreement), computed once."""
@@ -182,6 +208,13 @@ class EvalReport:
                         "target_met": error <= risk.target_error,
                     }
                 out["calibrated"][name] = block
+        if self.single_choice is not None:
+            name, calibration_auroc = self.single_choice
+            out["single_chosen_on_calibration"] = {
+                "signal": name,
+                "calibration_auroc": calibration_auroc,
+                "auroc": signals[name]["auroc"] if name in signals else float("nan"),
+            }
         if self.sweep:
             out["risk_sweep"] = self._sweep(right, abstained)
         out["cost"] = self._cost()
@@ -226,11 +259,13 @@ class EvalReport:
                 "generate": generate,
                 "parametric_score": median("score"),
                 "abstain_probe": median("abstain_probe"),
+                "text_signals": median("signals"),
                 "retrieve": median("retrieve"),
             }
         }
+        extra = ("score", "abstain_probe", "signals")
         ratios = [
-            (r.timings["generate"] + r.timings.get("score", 0) + r.timings.get("abstain_probe", 0))
+            (r.timings["generate"] + sum(r.timings.get(k, 0.0) for k in extra))
             / r.timings["generate"]
             for r in self.records
             if r.timings.get("generate")
@@ -377,6 +412,20 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
     ranked = sorted(result["signals"].items(), key=lambda kv: -_nan_low(kv[1]["auroc"]))
     for name, block in ranked:
         lines.append(row(name, block))
+    if ranked:
+        top, block = ranked[0]
+        lines += [
+            "",
+            f"Best single signal on this split: {top} ({_f(block['auroc'])}), chosen here, which "
+            "favours it (the maximum of many noisy AUROCs).",
+        ]
+    chosen = result.get("single_chosen_on_calibration")
+    if chosen:
+        lines.append(
+            f"The single signal a deployment without a calibrator would pick, the best on the "
+            f"calibration split: {chosen['signal']} ({_f(chosen['calibration_auroc'])} there, "
+            f"{_f(chosen['auroc'])} here)."
+        )
     risk_rows = [
         (name, block["risk_control"])
         for name, block in result.get("calibrated", {}).items()
@@ -430,7 +479,8 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
     lines += ["", "## Cost", ""]
     lines += [f"- median seconds: {cost['median_seconds']}"]
     lines += [
-        "- signals (generation + no-passage score + abstention probe) over plain generation, "
+        "- signals (generation + no-passage score + abstention probe + text and embedding "
+        "signals) over plain generation, "
         f"median: {_f(cost.get('signals_over_generation_median'))}"
     ]
     if "sampling_over_generation_median" in cost:

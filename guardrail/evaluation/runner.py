@@ -6,7 +6,8 @@ measured them (the evaluation goes through the same code that serves users). Rec
 appended to a JSONL cache as they are made, keyed by a hash of the model, the prompt (a
 rendering of the prompt builder), the generation settings, the question and the passages'
 text, so an interrupted run resumes where it stopped and recalibrating or re-scoring never
-reruns the model. Sampling-baseline answers are cached the same way in a file of their own.
+reruns the model. Sampling-baseline answers and the answers of escalation targets are
+cached the same way, each in a file of their own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from guardrail.assessment import is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
-from guardrail.pipeline import Guardrail
+from guardrail.pipeline import Assessed, Guardrail
+from guardrail.policy_runtime import ConfidenceScorer
 from guardrail.prompts import prompt_for
 from guardrail.signals import compute_text_signals, normalize_answer
-from guardrail.types import TokenStats
+from guardrail.types import Generation, TokenStats
 from retrievers import Passage
 
 CACHE_VERSION = 1
@@ -110,14 +112,17 @@ def _stats_json(stats: TokenStats | None) -> dict[str, Any] | None:
 
 
 class RecordCache:
-    """Append-only JSONL files of records and of sampling-baseline answers."""
+    """Append-only JSONL files of records, of sampling-baseline answers and of the answers
+    of escalation targets."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.records_path = folder / "records.jsonl"
         self.samples_path = folder / "samples.jsonl"
+        self.escalations_path = folder / "escalations.jsonl"
         self._records = self._read(self.records_path)
         self._samples = self._read(self.samples_path)
+        self._escalations = self._read(self.escalations_path)
 
     @staticmethod
     def _read(path: Path) -> dict[str, dict[str, Any]]:
@@ -159,6 +164,26 @@ class RecordCache:
     def put_samples(self, key: str, data: dict[str, Any]) -> None:
         """Store sampling-baseline answers."""
         self._put(self._samples, self.samples_path, key, data)
+
+    def escalation(self, key: str) -> dict[str, Any] | None:
+        """The cached answer of an escalation target for ``key``, if any."""
+        return self._escalations.get(key)
+
+    def put_escalation(self, key: str, data: dict[str, Any]) -> None:
+        """Store an escalation target's answer."""
+        self._put(self._escalations, self.escalations_path, key, data)
+
+
+def _key(settings: dict[str, Any], question: str, passages: Sequence[Passage]) -> str:
+    payload = json.dumps(
+        {
+            **settings,
+            "question": question,
+            "passages": [[p.id, hashlib.sha1(p.text.encode()).hexdigest()] for p in passages],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def prompt_fingerprint(backend: GeneratorBackend, max_passage_words: int) -> str:
@@ -211,15 +236,62 @@ class EvalRunner:
 
     def key(self, item: EvalItem, passages: Sequence[Passage]) -> str:
         """The cache key of an item with these passages under this runner's settings."""
-        payload = json.dumps(
-            {
-                **self.settings,
-                "question": item.question,
-                "passages": [[p.id, hashlib.sha1(p.text.encode()).hexdigest()] for p in passages],
-            },
-            sort_keys=True,
+        return _key(self.settings, item.question, passages)
+
+    def assess_target(
+        self,
+        backend: GeneratorBackend,
+        question: str,
+        passages: Sequence[Passage],
+        scorer: ConfidenceScorer,
+    ) -> Assessed:
+        """An escalation target's assessed answer, from the cache when this target already
+        answered this question with these passages: the target then generates nothing (and a
+        local model, which loads its weights on first use, is not even loaded). The
+        confidence is always recomputed with ``scorer``. For
+        ``Guardrail.escalate(assess=...)``."""
+        config = self.guardrail.config
+        settings = {
+            "model": backend.name,
+            "dtype": config.dtype,
+            "prompt": prompt_fingerprint(backend, config.max_passage_words),
+            "max_new_tokens": config.max_new_tokens,
+            "max_passage_words": config.max_passage_words,
+            "escalation": True,
+        }
+        key = _key(settings, question, passages)
+        data = self.cache.escalation(key)
+        if data is None:
+            assessed = self.guardrail.assess(backend, question, passages, scorer)
+            self.cache.put_escalation(
+                key,
+                {
+                    "model": backend.name,
+                    "answer": assessed.answer,
+                    "abstained": assessed.abstained,
+                    "signals": dict(assessed.signals),
+                    "flags": dict(assessed.flags),
+                    "timings": dict(assessed.timings),
+                },
+            )
+            return assessed
+        signals = data["signals"]
+        return Assessed(
+            backend=backend,
+            generation=Generation(
+                text=data["answer"],
+                stats=TokenStats.empty(),
+                prompt_tokens=0,
+                finish_reason="newline",
+            ),
+            parametric=None,
+            answer=data["answer"],
+            abstained=data["abstained"],
+            signals=signals,
+            flags=data["flags"],
+            confidence=scorer.confidence(signals, abstained=data["abstained"]),
+            timings=data["timings"],
         )
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def run(
         self,
@@ -241,14 +313,16 @@ class EvalRunner:
             if data is None:
                 data = self._measure(item, passages, retrieve_seconds)
                 self.cache.put_record(key, data)
-            # Text-only signals are recomputed from the stored answer: adding or changing one
-            # never reruns the model.
+            # Text-only signals are recomputed (and timed) from the stored answer: adding or
+            # changing one never reruns the model.
+            start = time.perf_counter()
+            text_signals = compute_text_signals(
+                item.question, data["answer"], passages, self.guardrail.similarity
+            )
             data = {
                 **data,
-                "signals": {
-                    **data["signals"],
-                    **compute_text_signals(item.question, data["answer"], passages),
-                },
+                "signals": {**data["signals"], **text_signals},
+                "timings": {**data["timings"], "signals": time.perf_counter() - start},
             }
             record = self._record(key, item, data)
             if samples > 0:
