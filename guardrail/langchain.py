@@ -54,6 +54,7 @@ from guardrail.render import text_pieces
 from guardrail.types import Generation, Response, TokenStats
 from policies import Policy
 from policies.loader import PolicySet
+from retrievers.embedding import SentenceTransformerEmbedder
 from retrievers.types import Passage
 
 _MESSAGES = "\x00langchain-messages\x00"
@@ -304,7 +305,14 @@ class GuardedChatModel(BaseChatModel):
                     f"PolicySet or a PolicyRuntime; got {type(policy).__name__}"
                 )
             backend: GeneratorBackend = LangChainChatBackend(self.model)
-            self._guard = Guardrail(backend=backend, policy=policy, config=self.config)
+            # The sentence embedder of answer_sentence_similarity (loaded on first use): a
+            # calibrator fitted with it would read its absence as "answer not found".
+            self._guard = Guardrail(
+                backend=backend,
+                policy=policy,
+                config=self.config,
+                embedder=SentenceTransformerEmbedder(),
+            )
         return self._guard
 
     def decide(self, question: str) -> Response:

@@ -68,6 +68,7 @@ class SentenceTransformerEmbedder:
         self.device = device
         self._model: Any = None
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -130,13 +131,16 @@ class SentenceTransformerEmbedder:
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._load()
-        vectors = model.encode(
-            items,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        # A fast tokenizer is not safe to share between threads ("Already borrowed"), and the
+        # service embeds from several request threads (queries, answer sentences).
+        with self._encode_lock:
+            vectors = model.encode(
+                items,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

@@ -430,11 +430,48 @@ def test_answer_occurrences_counts_the_sentences_holding_the_answer() -> None:
     assert text("When?", "1750", BRIDGES)["answer_occurrences"] is None
 
 
-def test_answer_proximity_is_the_distance_to_the_nearest_question_word() -> None:
-    # "the tower was finished in 1889": 1889 is two words after "finished".
-    assert text("When was the tower finished?", "1889")["answer_proximity"] == 2.0
+def test_answer_proximity_counts_the_words_between_answer_and_question_word() -> None:
+    # "the tower was finished in 1889": one word ("in") between "finished" and 1889.
+    assert text("When was the tower finished?", "1889")["answer_proximity"] == 1.0
     # The sentence of "1920" holds no question word.
     assert text("When was the tower finished?", "1920")["answer_proximity"] is None
+    # Answer and sentence are cut alike ("$1.5 million" is "15 million" in both): found,
+    # right after "cost".
+    money = passage("m", "The bridge cost $1.5 million in total.")
+    assert text("What did the bridge cost?", "$1.5 million", money)["answer_proximity"] == 0.0
+    # The distance runs from the answer's nearer end: "is where" (the article is normalised
+    # away) before "treaty".
+    lake = passage("l", "Lake Geneva is where the treaty was signed.")
+    assert text("Where was the treaty signed?", "Lake Geneva", lake)["answer_proximity"] == 2.0
+    # A question word inside the answer does not count: "city" repeats the question.
+    city = passage("c", "Paris is the city of light.")
+    assert text("Which city is the capital?", "city", city)["answer_proximity"] is None
+
+
+def test_sentences_do_not_end_at_initials_or_abbreviations() -> None:
+    army = passage("a", "In 1944 the U.S. Army landed in Normandy. Dr. Smith was not there.")
+    values = text("Who landed in Normandy in 1944?", "U.S. Army", army)
+    assert values["answer_sentence_overlap"] == 1.0
+    assert values["answer_occurrences"] == 1.0
+
+
+def test_an_answer_spanning_a_sentence_end_is_found_in_a_pair_of_sentences() -> None:
+    spans = passage("s", "The first prize went to Paris. He accepted it.")
+    values = text("Who got the first prize?", "Paris. He", spans)
+    assert values["answer_in_passages"] == 1.0
+    assert values["answer_sentence_overlap"] == approx(2 / 3)  # "first", "prize" of 3 words
+
+
+def test_typographic_quotes_match_ascii_ones() -> None:
+    house = passage("h", "Smith\u2019s house burned in 1850.")
+    values = text("When did Smith's house burn?", "Smith", house)
+    assert values["answer_in_passages"] == 1.0
+    assert values["answer_sentence_overlap"] is not None
+
+
+def test_answer_occurrences_are_capped() -> None:
+    many = passage("r", " ".join(f"Rome was sacked in year {i}." for i in range(12)))
+    assert text("Which city?", "Rome", many)["answer_occurrences"] == 5.0
 
 
 def test_negation_mismatch_and_question_negated() -> None:
@@ -447,6 +484,8 @@ def test_negation_mismatch_and_question_negated() -> None:
     assert plain["question_negated"] == 0.0 and plain["negation_mismatch"] == 0.0
     assert text("Why didn’t it open?", "1889")["question_negated"] == 1.0
     assert text("Who is notable?", "1889")["question_negated"] == 0.0  # "not" as a word only
+    assert text("Who was No. 1 in 1889?", "1889")["question_negated"] == 0.0  # a number sign
+    assert text("Why was there no tower?", "1889")["question_negated"] == 1.0
     assert text("When was it never finished?", "1750")["negation_mismatch"] is None
 
 
