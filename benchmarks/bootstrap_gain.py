@@ -3,8 +3,9 @@
 Reads the cached model runs of one evaluation split (``guardrail eval`` must have run on it,
 so no model generates anything here), scores them with a calibrated policy's calibrator and
 with the best single signal (oriented as the report orients them; chosen on the test split
-itself as the report does, or with ``--baseline calibration`` on the calibration split), and
-resamples the test questions with replacement:
+itself as the report does, again in every resample, or with ``--baseline calibration`` once on
+the calibration split), and resamples the test split's paragraphs with replacement (the
+calibrator stays fixed: the interval covers the test sample, not the calibrator's fit):
 
     .venv/bin/python benchmarks/bootstrap_gain.py --dataset squad2 --setting gold --n 1000 \\
         --policy policies/calibrated/squad2-gold-n1000.yaml \\
@@ -81,15 +82,34 @@ def main() -> None:
     if chosen is None:
         raise SystemExit("no single signal separates right from wrong on the chosen split")
     best = chosen[0]
-    single = _oriented([r.signals.get(best) for r in records], DIRECTIONS[best])
-    gain = auroc(calibrated, outcome) - auroc(single, outcome)
+    singles = {
+        name: _oriented([r.signals.get(name) for r in records], direction)
+        for name, direction in DIRECTIONS.items()
+        if any(r.signals.get(name) is not None for r in records)
+    }
+    gain = auroc(calibrated, outcome) - auroc(singles[best], outcome)
+    # Questions of one paragraph are drawn together and are not independent: resample whole
+    # paragraphs. With --baseline test the single signal is chosen again in every resample,
+    # as the report chooses it, so the interval includes that choice.
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.group or item.id, []).append(i)
+    clusters = list(groups.values())
     rng = np.random.default_rng(args.seed)
     gains = []
     for _ in range(args.resamples):
-        idx = rng.integers(0, len(records), len(records))
-        if outcome[idx].all() or not outcome[idx].any():
+        picked = rng.integers(0, len(clusters), len(clusters))
+        idx = np.array([i for c in picked for i in clusters[c]])
+        y = outcome[idx]
+        if y.all() or not y.any():
             continue
-        gains.append(auroc(calibrated[idx], outcome[idx]) - auroc(single[idx], outcome[idx]))
+        if args.baseline == "test":
+            single_auroc = max(
+                a for a in (auroc(v[idx], y) for v in singles.values()) if np.isfinite(a)
+            )
+        else:
+            single_auroc = auroc(singles[best][idx], y)
+        gains.append(auroc(calibrated[idx], y) - single_auroc)
     result = {
         "dataset": args.dataset,
         "setting": setting,
@@ -100,7 +120,8 @@ def main() -> None:
         "calibrated_auroc": auroc(calibrated, outcome),
         "single_signal": best,
         "single_chosen_on": args.baseline,
-        "single_auroc": auroc(single, outcome),
+        "single_auroc": auroc(singles[best], outcome),
+        "resampled": f"{len(clusters)} paragraphs (groups), with replacement",
         "gain": gain,
         "resamples": len(gains),
         "interval_95": [float(np.quantile(gains, 0.025)), float(np.quantile(gains, 0.975))],

@@ -57,7 +57,6 @@ TOKEN_FEATURES: tuple[str, ...] = (
     "min_token_prob",
     "first_token_margin",
     "self_certainty",
-    "abstain_logprob",
     "answer_tokens",
     "answer_in_passages",
     "question_overlap",

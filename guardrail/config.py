@@ -57,6 +57,10 @@ class GuardrailConfig(BaseSettings):
     """CPU threads for the local models (default: torch's choice)."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Precision of the local models' weights and activations."""
+    abstain_probe: bool | None = None
+    """Whether to measure ``abstain_logprob`` (one extra forward pass, about 13% of a
+    generation): ``None`` (the default) when the policy in force needs it (its calibrator's
+    features or its rules name it), ``True`` always, ``False`` never."""
 
     def resolved_index_dir(self) -> Path:
         """The index directory, with the default filled in."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
@@ -68,8 +68,22 @@ class Assessed:
         return Assessment(self.confidence, dict(self.signals), frozenset(self.flags))
 
 
-AssessFn = Callable[[GeneratorBackend, str, Sequence[Passage], ConfidenceScorer], Assessed]
-"""How a model's answer to a question is generated and measured (``Guardrail.assess``)."""
+ABSTAIN_SIGNAL = "abstain_logprob"
+"""The signal only the optional abstention probe measures."""
+
+
+class AssessFn(Protocol):
+    """How a model's answer to a question is generated and measured (``Guardrail.assess``)."""
+
+    def __call__(
+        self,
+        backend: GeneratorBackend,
+        question: str,
+        passages: Sequence[Passage],
+        scorer: ConfidenceScorer,
+        *,
+        probe: bool | None = None,
+    ) -> Assessed: ...
 
 
 def load_policy_setting(value: str) -> Policy:
@@ -212,21 +226,41 @@ class Guardrail:
             return []
         return self.index.search(question, k=self.config.top_k)
 
+    def wants_probe(
+        self, policy: Policy | None = None, scorer: ConfidenceScorer | None = None
+    ) -> bool:
+        """Whether ``assess`` measures ``abstain_logprob``: the ``abstain_probe`` setting,
+        or, when that is unset, whether ``policy`` (default: the base policy) needs it, its
+        calibrator as a feature or its rules in a condition."""
+        if self.config.abstain_probe is not None:
+            return self.config.abstain_probe
+        if policy is None:
+            loaded = self.policies.current
+            policy = loaded.policy_for(None)
+            scorer = scorer or loaded.scorer(policy)
+        features = getattr(scorer, "features", ())
+        return ABSTAIN_SIGNAL in features or ABSTAIN_SIGNAL in policy.signal_names()
+
     def assess(
         self,
         backend: GeneratorBackend,
         question: str,
         passages: Sequence[Passage],
         scorer: ConfidenceScorer | None = None,
+        *,
+        probe: bool | None = None,
     ) -> Assessed:
         """Generate with passages, score without them, and measure (the confidence with
-        ``scorer``, by default the base policy's)."""
+        ``scorer``, by default the base policy's). ``probe`` says whether to measure
+        ``abstain_logprob`` (default: ``wants_probe()`` for the base policy)."""
+        if probe is None:
+            probe = self.wants_probe(None, scorer)
         scorer = scorer or self.scorer
         prompts = prompt_for(backend, self.config.max_passage_words)
         generation = backend.generate(
             prompts.contextual(question, passages),
             max_new_tokens=self.config.max_new_tokens,
-            probe=prompts.abstain_probe,
+            probe=prompts.abstain_probe if probe else None,
         )
         answer = generation.text
         abstained = is_abstention(answer)
@@ -267,7 +301,7 @@ class Guardrail:
             confidence=scorer.confidence(signals, abstained=abstained),
             timings={
                 "generate": generation.seconds - generation.probe_seconds,
-                "abstain_probe": generation.probe_seconds,
+                **({"abstain_probe": generation.probe_seconds} if probe else {}),
                 "score": score_seconds,
                 "signals": signal_seconds,
             },
@@ -309,11 +343,12 @@ class Guardrail:
             scorer = scorer or loaded.scorer(policy)
         elif scorer is None:
             scorer = self.policies.current.scorer(policy)
+        probe = self.wants_probe(policy, scorer)
 
         def attempt(target: str) -> tuple[Assessed, Decision]:
             try:
                 backend = self._escalation_backend(target)
-                assessed = (assess or self.assess)(backend, question, passages, scorer)
+                assessed = (assess or self.assess)(backend, question, passages, scorer, probe=probe)
             except GuardrailError as exc:
                 raise TargetFailed(str(exc)) from None
             return assessed, decide(assessed.assessment(), policy)
@@ -342,7 +377,9 @@ class Guardrail:
         start = time.perf_counter()
         found = list(passages) if passages is not None else self.retrieve(question)
         retrieve_seconds = time.perf_counter() - start
-        assessed = self.assess(self.backend, question, found, scorer)
+        assessed = self.assess(
+            self.backend, question, found, scorer, probe=self.wants_probe(policy, scorer)
+        )
         decision = decide(assessed.assessment(), policy)
         self.ledger.record_decision(policy.name)
         shadow_mode = policy.mode == "shadow"

@@ -1,12 +1,15 @@
-"""The evaluation caches the answers of escalation targets like its own records: a rerun
-replays the chain without running the larger model."""
+"""The evaluation's cache: the answers of escalation targets are cached like its own records
+(a rerun replays the chain without running the larger model), and a record serves runs with
+and without the optional abstention probe as far as it can."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fakes import ScriptedBackend, peaked, uniform
 
+from guardrail.config import GuardrailConfig
 from guardrail.evaluation.commands import policy_actions
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.runner import EvalRunner, RecordCache
@@ -71,3 +74,59 @@ def test_a_different_target_model_is_not_served_from_the_cache(tmp_path: Path) -
     assert other.calls and other.calls[0] == ("generate", "contextual")
     assert len((tmp_path / "escalations.jsonl").read_text().splitlines()) == 2
     assert actions == ["answer"]
+
+
+def probe_run(folder: Path, probe: bool | None) -> tuple[dict[str, float | None], dict[str, float]]:
+    guard = Guardrail(
+        backend=flat(),
+        policy=load_policy_setting("balanced"),
+        config=GuardrailConfig(abstain_probe=probe),
+    )
+    (record,) = EvalRunner(guard, RecordCache(folder), progress=False).run([ITEM])
+    return record.signals, record.timings
+
+
+def lines(folder: Path) -> int:
+    return len((folder / "records.jsonl").read_text().splitlines())
+
+
+def test_a_record_made_with_the_probe_serves_a_run_without_it(tmp_path: Path) -> None:
+    signals, timings = probe_run(tmp_path, True)
+    assert signals["abstain_logprob"] is not None and "abstain_probe" in timings
+    signals, timings = probe_run(tmp_path, None)  # the balanced policy does not need it
+    assert signals["abstain_logprob"] is None and "abstain_probe" not in timings
+    assert lines(tmp_path) == 1  # from the cache
+
+
+def test_a_record_made_without_the_probe_is_measured_again_for_a_run_with_it(
+    tmp_path: Path,
+) -> None:
+    signals, _ = probe_run(tmp_path, False)
+    assert signals["abstain_logprob"] is None
+    signals, timings = probe_run(tmp_path, True)
+    assert signals["abstain_logprob"] is not None and "abstain_probe" in timings
+    assert lines(tmp_path) == 2
+
+
+def test_a_cached_target_answer_gets_its_text_signals_and_flags_recomputed(
+    tmp_path: Path,
+) -> None:
+    def big() -> ScriptedBackend:
+        confident = [peaked(VOCAB, "Madrid", 0.95)]
+        return ScriptedBackend(VOCAB, contextual=confident, parametric=confident, name="big")
+
+    run(tmp_path, big)
+    path = tmp_path / "escalations.jsonl"
+    stored = json.loads(path.read_text())
+    # As if cached before a text signal existed, or with flags from older rules.
+    stored["signals"]["answer_in_passages"] = None
+    stored["flags"] = {"knowledge_conflict": "stale"}
+    path.write_text(json.dumps(stored) + "\n")
+    guard = Guardrail(backend=flat(), policy=load_policy_setting("balanced"))
+    runner = EvalRunner(guard, RecordCache(tmp_path), progress=False)
+    target = big()
+    assessed = runner.assess_target(target, ITEM.question, list(ITEM.passages or ()), guard.scorer)
+    assert target.calls == []  # served from the cache
+    assert assessed.answer == "Madrid"
+    assert assessed.signals["answer_in_passages"] == 1.0
+    assert "knowledge_conflict" not in assessed.flags

@@ -27,7 +27,7 @@ VOCAB = ("Paris", "Lyon", "Rome", "unanswerable", "Berlin", "Oslo", "Nice", "Mad
 ROME = Passage("rome", "Rome is the capital of Italy.", "atlas.txt", title="Italy", score=0.6)
 PARIS = Passage("paris", "Paris is the capital of France.", "atlas.txt", title="France", score=0.7)
 LYON = Passage("lyon", "The capital of France is Lyon.", "forged.txt", title="Forged", score=0.8)
-STAGES = {"retrieve", "generate", "abstain_probe", "score", "signals", "total"}
+STAGES = {"retrieve", "generate", "score", "signals", "total"}
 """The timed steps of one answer, as ``Response.timings`` names them."""
 MADRID = Passage("madrid", "Madrid is the capital of Spain.", "atlas.txt", title="Spain", score=0.5)
 
@@ -367,3 +367,42 @@ def test_a_calibrated_policy_with_a_missing_or_foreign_calibrator(tmp_path: Path
     )
     with pytest.raises(ConfigError, match="does not measure: telepathy"):
         policy_scorer(policy, policy_path(str(policy_file)))
+
+
+# ---------------------------------------------------------------- the optional abstention probe
+
+
+def test_the_abstention_probe_runs_only_when_something_needs_it(
+    policy: Policy, tmp_path: Path
+) -> None:
+    question, passages = "What is the capital of France?", [PARIS]
+    # The balanced policy's heuristic confidence and rules do not read abstain_logprob.
+    plain = Guardrail(backend=confident("Paris"), policy=policy)
+    response = plain.ask(question, passages=passages)
+    assert response.signals["abstain_logprob"] is None
+    assert "abstain_probe" not in response.timings
+    # The setting forces it on ...
+    forced = Guardrail(
+        backend=confident("Paris"), policy=policy, config=GuardrailConfig(abstain_probe=True)
+    )
+    response = forced.ask(question, passages=passages)
+    assert response.signals["abstain_logprob"] is not None
+    assert response.timings["abstain_probe"] >= 0.0
+    # ... and a policy whose rules compare it switches it on by itself.
+    file = tmp_path / "probe.yaml"
+    file.write_text(
+        "version: 1\nname: probing\nextends: balanced\nrules:\n"
+        "  - name: considered-abstaining\n"
+        "    when: {signal: abstain_logprob, gt: -0.5}\n"
+        "    action: defer\n"
+        "    reason: the model nearly said it cannot answer\n"
+    )
+    probing = Guardrail(backend=confident("Paris"), policy=load_policy_setting(str(file)))
+    assert probing.wants_probe()
+    assert probing.ask(question, passages=passages).signals["abstain_logprob"] is not None
+    off = Guardrail(
+        backend=confident("Paris"),
+        policy=load_policy_setting(str(file)),
+        config=GuardrailConfig(abstain_probe=False),
+    )
+    assert not off.wants_probe()

@@ -26,7 +26,7 @@ from guardrail.assessment import is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
-from guardrail.pipeline import Assessed, Guardrail
+from guardrail.pipeline import ABSTAIN_SIGNAL, Assessed, Guardrail
 from guardrail.policy_runtime import ConfidenceScorer
 from guardrail.prompts import prompt_for
 from guardrail.signals import compute_text_signals, normalize_answer
@@ -174,6 +174,12 @@ class RecordCache:
         self._put(self._escalations, self.escalations_path, key, data)
 
 
+def _without_probe(data: dict[str, Any]) -> dict[str, Any]:
+    """A cached record as a run without the abstention probe would have made it."""
+    timings = {k: v for k, v in data["timings"].items() if k != "abstain_probe"}
+    return {**data, "signals": {**data["signals"], ABSTAIN_SIGNAL: None}, "timings": timings}
+
+
 def _key(settings: dict[str, Any], question: str, passages: Sequence[Passage]) -> str:
     payload = json.dumps(
         {
@@ -226,6 +232,10 @@ class EvalRunner:
             "max_passage_words": config.max_passage_words,
         }
 
+        self.probe = self.guardrail.wants_probe()
+        """Whether this runner's records measure ``abstain_logprob`` (``Guardrail.wants_probe``
+        for the base policy)."""
+
     def passages_for(self, item: EvalItem) -> tuple[list[Passage], float]:
         """The item's own passages, or the retrieved top-k, and the retrieval seconds."""
         if item.passages is not None:
@@ -244,6 +254,8 @@ class EvalRunner:
         question: str,
         passages: Sequence[Passage],
         scorer: ConfidenceScorer,
+        *,
+        probe: bool | None = None,
     ) -> Assessed:
         """An escalation target's assessed answer, from the cache when this target already
         answered this question with these passages: the target then generates nothing (and a
@@ -251,6 +263,8 @@ class EvalRunner:
         confidence is always recomputed with ``scorer``. For
         ``Guardrail.escalate(assess=...)``."""
         config = self.guardrail.config
+        if probe is None:
+            probe = self.guardrail.wants_probe(None, scorer)
         settings = {
             "model": backend.name,
             "dtype": config.dtype,
@@ -258,11 +272,13 @@ class EvalRunner:
             "max_new_tokens": config.max_new_tokens,
             "max_passage_words": config.max_passage_words,
             "escalation": True,
+            "abstain_probe": probe,
         }
         key = _key(settings, question, passages)
         data = self.cache.escalation(key)
         if data is None:
-            assessed = self.guardrail.assess(backend, question, passages, scorer)
+            assessed = self.guardrail.assess(backend, question, passages, scorer, probe=probe)
+            parametric = assessed.parametric
             self.cache.put_escalation(
                 key,
                 {
@@ -270,12 +286,25 @@ class EvalRunner:
                     "answer": assessed.answer,
                     "abstained": assessed.abstained,
                     "signals": dict(assessed.signals),
-                    "flags": dict(assessed.flags),
+                    "parametric_first_entropy": (
+                        parametric.entropies[0] if parametric and parametric.entropies else None
+                    ),
                     "timings": dict(assessed.timings),
                 },
             )
             return assessed
-        signals = data["signals"]
+        # Text signals and flags are recomputed, as for the records: a change to either
+        # applies to cached answers too.
+        signals = {
+            **data["signals"],
+            **compute_text_signals(question, data["answer"], passages, self.guardrail.similarity),
+        }
+        flags = self.guardrail.flag_rules.flags(
+            abstained=data["abstained"],
+            signals=signals,
+            parametric_first_entropy=data.get("parametric_first_entropy"),
+            has_passages=bool(passages),
+        )
         return Assessed(
             backend=backend,
             generation=Generation(
@@ -288,7 +317,7 @@ class EvalRunner:
             answer=data["answer"],
             abstained=data["abstained"],
             signals=signals,
-            flags=data["flags"],
+            flags=flags,
             confidence=scorer.confidence(signals, abstained=data["abstained"]),
             timings=data["timings"],
         )
@@ -310,9 +339,13 @@ class EvalRunner:
             passages, retrieve_seconds = self.passages_for(item)
             key = self.key(item, passages)
             data = self.cache.record(key)
-            if data is None:
+            # A record made without the abstention probe cannot serve a run that needs it; one
+            # made with it serves a run that does not, once the probe's part is taken out.
+            if data is None or (self.probe and "abstain_probe" not in data["timings"]):
                 data = self._measure(item, passages, retrieve_seconds)
                 self.cache.put_record(key, data)
+            elif not self.probe:
+                data = _without_probe(data)
             # Text-only signals are recomputed (and timed) from the stored answer: adding or
             # changing one never reruns the model.
             start = time.perf_counter()
@@ -334,7 +367,7 @@ class EvalRunner:
         self, item: EvalItem, passages: Sequence[Passage], retrieve_seconds: float
     ) -> dict[str, Any]:
         guardrail = self.guardrail
-        assessed = guardrail.assess(guardrail.backend, item.question, passages)
+        assessed = guardrail.assess(guardrail.backend, item.question, passages, probe=self.probe)
         gold = None
         if item.open_retrieval and item.meta.get("gold_passage"):
             wanted = item.meta["gold_passage"]
