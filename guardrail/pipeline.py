@@ -332,11 +332,13 @@ class Guardrail:
         first_answered: bool = True,
         scorer: ConfidenceScorer | None = None,
         assess: AssessFn | None = None,
+        ledger: BudgetLedger | None = None,
     ) -> tuple[Assessed | None, Decision]:
         """Follow the policy's escalation chain (order, budgets, fallback; see
         :func:`policies.escalation.run_chain`). The assessed answer of the target that was
         accepted, or ``None`` when the chain fell back, and the final decision. ``assess``
-        replaces :meth:`assess` for the targets (the evaluation's cache uses it)."""
+        replaces :meth:`assess` for the targets and ``ledger`` the pipeline's budget ledger
+        (the evaluation uses both: its cache, and budgets counted on a simulated clock)."""
         if policy is None:
             loaded = self.policies.current
             policy = loaded.policy_for(None)
@@ -353,7 +355,9 @@ class Guardrail:
                 raise TargetFailed(str(exc)) from None
             return assessed, decide(assessed.assessment(), policy)
 
-        chain = run_chain(first, policy, attempt, self.ledger, first_answered=first_answered)
+        chain = run_chain(
+            first, policy, attempt, ledger or self.ledger, first_answered=first_answered
+        )
         return chain.result, chain.decision
 
     # -- the whole thing -------------------------------------------------------------------

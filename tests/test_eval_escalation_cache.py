@@ -130,3 +130,39 @@ def test_a_cached_target_answer_gets_its_text_signals_and_flags_recomputed(
     assert assessed.answer == "Madrid"
     assert assessed.signals["answer_in_passages"] == 1.0
     assert "knowledge_conflict" not in assessed.flags
+
+
+def test_budgets_see_every_decision_at_the_pace_the_records_were_measured(
+    tmp_path: Path,
+) -> None:
+    # At most half of the decisions may escalate: with every question escalating, the chain
+    # is allowed for the 1st and 3rd (escalations + 1 <= ceil(0.5 x decisions)) and refused
+    # for the 2nd and 4th, in the first run and, identically, in a cached rerun.
+    file = tmp_path / "half.yaml"
+    file.write_text(
+        "version: 1\nname: half\nextends: balanced\nactions:\n  escalate:\n"
+        "    targets: [{name: larger}]\n    budget: {max_share: 0.5}\n    on_failure: defer\n"
+    )
+    policy = load_policy_setting(str(file))
+    items = [
+        EvalItem(
+            id=f"q{i}",
+            question=f"What is the capital of Spain, question {i}?",
+            answers=("Madrid",),
+            unanswerable=False,
+            passages=(ROME, MADRID),
+        )
+        for i in range(4)
+    ]
+
+    def big() -> ScriptedBackend:
+        confident = [peaked(VOCAB, "Madrid", 0.95)]
+        return ScriptedBackend(VOCAB, contextual=confident, parametric=confident, name="big")
+
+    for _ in range(2):
+        guard = Guardrail(backend=flat(), policy=policy, escalation={"larger": big})
+        runner = EvalRunner(guard, RecordCache(tmp_path / "cache"), progress=False)
+        records = runner.run(items)
+        actions, scored = policy_actions(runner, items, records, policy)
+        assert actions == ["answer", "defer", "answer", "defer"]
+        assert [r.answer for r in scored] == ["Madrid", "Paris", "Madrid", "Paris"]
