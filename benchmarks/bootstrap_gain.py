@@ -27,7 +27,7 @@ from guardrail.calibration import LogisticCalibrator
 from guardrail.config import GuardrailConfig
 from guardrail.evaluation.datasets import load_items, split_items
 from guardrail.evaluation.metrics import auroc
-from guardrail.evaluation.report import DIRECTIONS, _oriented, best_single, observation
+from guardrail.evaluation.report import best_single, observation, oriented_signals
 from guardrail.evaluation.runner import EvalRunner, RecordCache
 from guardrail.pipeline import Guardrail
 
@@ -82,11 +82,7 @@ def main() -> None:
     if chosen is None:
         raise SystemExit("no single signal separates right from wrong on the chosen split")
     best = chosen[0]
-    singles = {
-        name: _oriented([r.signals.get(name) for r in records], direction)
-        for name, direction in DIRECTIONS.items()
-        if any(r.signals.get(name) is not None for r in records)
-    }
+    singles = oriented_signals(records)
     gain = auroc(calibrated, outcome) - auroc(singles[best], outcome)
     # Questions of one paragraph are drawn together and are not independent: resample whole
     # paragraphs. With --baseline test the single signal is chosen again in every resample,

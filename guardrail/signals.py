@@ -73,10 +73,9 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 from guardrail.types import TokenStats
-from retrievers import Passage
+from retrievers import Embedder, Passage
 
 
 @dataclass(frozen=True)
@@ -129,20 +128,22 @@ class SignalInputs:
         return sum(w in words for w in self.question_words) / len(self.question_words)
 
     @cached_property
-    def best_answer_sentence(self) -> str | None:
-        """The answer's sentence that matches the question best (None without one)."""
-        if not self.question_words or not self.answer_sentences:
-            return None
-        return max(self.answer_sentences, key=lambda s: self.overlap(set(_words(s))))
+    def ranked_answer_sentences(self) -> list[tuple[str, set[str]]]:
+        """The answer's sentences with their words, the best match to the question first
+        (empty without question words or without a sentence holding the answer)."""
+        if not self.question_words:
+            return []
+        pairs = [(s, set(_words(s))) for s in self.answer_sentences]
+        return sorted(pairs, key=lambda pair: -self.overlap(pair[1]))
 
 
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 """Cosine similarity of a question to each of some sentences."""
 
 
-def embedder_similarity(embedder: Any) -> Similarity:
-    """A ``Similarity`` from an embedder with ``embed(texts)`` returning L2-normalised rows
-    (``retrievers.embedding.Embedder``): one batch of the question and the sentences."""
+def embedder_similarity(embedder: Embedder) -> Similarity:
+    """A ``Similarity`` from an embedder (its ``embed`` returns L2-normalised rows): one batch
+    of the question and the sentences."""
 
     def similarity(question: str, sentences: Sequence[str]) -> list[float]:
         vectors = embedder.embed([question, *sentences])
@@ -320,21 +321,15 @@ def content_words(text: str) -> list[str]:
     return [w for w in _words(text) if w not in _STOP_WORDS and len(w) > 1]
 
 
-def _overlap(question_words: Sequence[str], text: str) -> float:
-    present = set(_words(text))
-    return sum(w in present for w in question_words) / len(question_words)
-
-
 def _question_overlap(x: SignalInputs) -> float | None:
-    words = x.question_words
-    if not words or not x.passages:
+    if not x.question_words or not x.passages:
         return None
-    return _overlap(words, " ".join(p.text for p in x.passages))
+    return x.overlap(set(_words(" ".join(p.text for p in x.passages))))
 
 
 def _answer_sentence_overlap(x: SignalInputs) -> float | None:
-    best = x.best_answer_sentence
-    return None if best is None else x.overlap(set(_words(best)))
+    ranked = x.ranked_answer_sentences
+    return x.overlap(ranked[0][1]) if ranked else None
 
 
 def _answer_sentence_gap(x: SignalInputs) -> float | None:
@@ -346,7 +341,7 @@ def _answer_sentence_gap(x: SignalInputs) -> float | None:
 
 def _answer_sentence_weighted_overlap(x: SignalInputs) -> float | None:
     words = x.question_words
-    if not words or not x.answer_sentences:
+    if not x.ranked_answer_sentences:
         return None
     n = len(x.sentences)
     weight = {
@@ -355,7 +350,7 @@ def _answer_sentence_weighted_overlap(x: SignalInputs) -> float | None:
     total = sum(weight[w] for w in words)
     return max(
         sum(weight[w] for w in words if w in present) / total
-        for present in (set(_words(s)) for s in x.answer_sentences)
+        for _, present in x.ranked_answer_sentences
     )
 
 
@@ -368,10 +363,9 @@ def _answer_occurrences(x: SignalInputs) -> float | None:
 
 
 def _answer_proximity(x: SignalInputs) -> float | None:
-    sentence = x.best_answer_sentence
-    if sentence is None:
+    if not x.ranked_answer_sentences:
         return None
-    tokens = _tokens(sentence)
+    tokens = _tokens(x.ranked_answer_sentences[0][0])
     answer = _tokens(x.answer)
     asked = {t for t in _tokens(x.question) if t not in _STOP_WORDS and len(t) > 1}
     spans = [
@@ -394,10 +388,10 @@ that match the question best), whatever the passages repeat."""
 
 
 def _answer_sentence_similarity(x: SignalInputs) -> float | None:
-    if x.similarity is None or not x.question_words or not x.answer_sentences:
+    ranked = x.ranked_answer_sentences
+    if x.similarity is None or not ranked:
         return None
-    ranked = sorted(x.answer_sentences, key=lambda s: -x.overlap(set(_words(s))))
-    return max(x.similarity(x.question, ranked[:MAX_SIMILARITY_SENTENCES]))
+    return max(x.similarity(x.question, [s for s, _ in ranked[:MAX_SIMILARITY_SENTENCES]]))
 
 
 _NEGATION = re.compile(

@@ -76,14 +76,22 @@ def _oriented(values: Sequence[float | None], direction: int) -> np.ndarray:
     )
 
 
+def oriented_signals(records: Sequence[Record]) -> dict[str, np.ndarray]:
+    """Each signal that has a value on some record, as a score oriented by ``DIRECTIONS``
+    (higher: more likely right; a missing value ranks last)."""
+    return {
+        name: _oriented([r.signals.get(name) for r in records], direction)
+        for name, direction in DIRECTIONS.items()
+        if any(r.signals.get(name) is not None for r in records)
+    }
+
+
 def best_single(records: Sequence[Record]) -> tuple[str, float] | None:
     """The single signal with the highest AUROC on ``records`` (oriented by ``DIRECTIONS``),
     and that AUROC; None when no signal separates anything (one class only, or no values)."""
     outcome = np.array([r.outcome_correct for r in records])
     aurocs = {
-        name: metrics.auroc(_oriented([r.signals.get(name) for r in records], direction), outcome)
-        for name, direction in DIRECTIONS.items()
-        if any(r.signals.get(name) is not None for r in records)
+        name: metrics.auroc(scores, outcome) for name, scores in oriented_signals(records).items()
     }
     finite = {name: a for name, a in aurocs.items() if math.isfinite(a)}
     if not finite:
@@ -170,13 +178,9 @@ class EvalReport:
         gold = [r.gold_retrieved for r in records if r.gold_retrieved is not None]
         if gold:
             summary["gold_passage_retrieved"] = float(np.mean(gold))
-        signals: dict[str, Any] = {}
-        for name, direction in DIRECTIONS.items():
-            values = [r.signals.get(name) for r in records]
-            if all(v is None for v in values):
-                continue
-            self.curves[name] = _oriented(values, direction)
-            signals[name] = score_block(self.curves[name], records)
+        singles = oriented_signals(records)
+        self.curves.update(singles)
+        signals = {name: score_block(scores, records) for name, scores in singles.items()}
         out: dict[str, Any] = {"setting": self.setting, "summary": summary, "signals": signals}
         if all(r.samples is not None for r in records):
             agreement = np.array(

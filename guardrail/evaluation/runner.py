@@ -222,9 +222,15 @@ class EvalRunner:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.settings = self._settings(self.guardrail.backend)
+        self.probe = self.guardrail.wants_probe()
+        """Whether this runner's records measure ``abstain_logprob`` (``Guardrail.wants_probe``
+        for the base policy)."""
+
+    def _settings(self, backend: GeneratorBackend) -> dict[str, Any]:
+        """What, besides question and passages, decides ``backend``'s answer (cache keys)."""
         config = self.guardrail.config
-        backend = self.guardrail.backend
-        self.settings = {
+        return {
             "model": backend.name,
             "dtype": config.dtype,
             "prompt": prompt_fingerprint(backend, config.max_passage_words),
@@ -232,9 +238,10 @@ class EvalRunner:
             "max_passage_words": config.max_passage_words,
         }
 
-        self.probe = self.guardrail.wants_probe()
-        """Whether this runner's records measure ``abstain_logprob`` (``Guardrail.wants_probe``
-        for the base policy)."""
+    def _text_signals(
+        self, question: str, answer: str, passages: Sequence[Passage]
+    ) -> dict[str, float | None]:
+        return compute_text_signals(question, answer, passages, self.guardrail.similarity)
 
     def passages_for(self, item: EvalItem) -> tuple[list[Passage], float]:
         """The item's own passages, or the retrieved top-k, and the retrieval seconds."""
@@ -262,18 +269,9 @@ class EvalRunner:
         local model, which loads its weights on first use, is not even loaded). The
         confidence is always recomputed with ``scorer``. For
         ``Guardrail.escalate(assess=...)``."""
-        config = self.guardrail.config
         if probe is None:
             probe = self.guardrail.wants_probe(None, scorer)
-        settings = {
-            "model": backend.name,
-            "dtype": config.dtype,
-            "prompt": prompt_fingerprint(backend, config.max_passage_words),
-            "max_new_tokens": config.max_new_tokens,
-            "max_passage_words": config.max_passage_words,
-            "escalation": True,
-            "abstain_probe": probe,
-        }
+        settings = {**self._settings(backend), "escalation": True, "abstain_probe": probe}
         key = _key(settings, question, passages)
         data = self.cache.escalation(key)
         if data is None:
@@ -297,7 +295,7 @@ class EvalRunner:
         # applies to cached answers too.
         signals = {
             **data["signals"],
-            **compute_text_signals(question, data["answer"], passages, self.guardrail.similarity),
+            **self._text_signals(question, data["answer"], passages),
         }
         flags = self.guardrail.flag_rules.flags(
             abstained=data["abstained"],
@@ -349,9 +347,7 @@ class EvalRunner:
             # Text-only signals are recomputed (and timed) from the stored answer: adding or
             # changing one never reruns the model.
             start = time.perf_counter()
-            text_signals = compute_text_signals(
-                item.question, data["answer"], passages, self.guardrail.similarity
-            )
+            text_signals = self._text_signals(item.question, data["answer"], passages)
             data = {
                 **data,
                 "signals": {**data["signals"], **text_signals},
