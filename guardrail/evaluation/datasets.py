@@ -209,9 +209,11 @@ def load_hotpotqa(data_dir: Path, setting: str) -> list[EvalItem]:
             _passage(f"hotpot:{qid}:a", " ".join(q["para_a"]), "hotpotqa", q["title_a"]),
             _passage(f"hotpot:{qid}:b", " ".join(q["para_b"]), "hotpotqa", q["title_b"]),
         )
+        # Each distractor is [title, sentences], followed in the released sample by its
+        # retrieval score, which is not used.
         distractors = tuple(
-            _passage(f"hotpot:{qid}:d{i}", " ".join(sents), "hotpotqa", title)
-            for i, (title, sents) in enumerate(q["distractors"])
+            _passage(f"hotpot:{qid}:d{i}", " ".join(entry[1]), "hotpotqa", entry[0])
+            for i, entry in enumerate(q["distractors"])
         )
         passages = (*gold, *distractors[:1]) if setting == "gold" else distractors[:3]
         items.append(
