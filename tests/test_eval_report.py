@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
-from guardrail.evaluation.report import EvalReport, best_single, markdown
+from guardrail.evaluation.report import EvalReport, best_single, markdown, score_block
 from guardrail.evaluation.runner import Record
 
 
@@ -66,3 +69,35 @@ def test_the_report_names_the_single_signal_chosen_on_calibration_data() -> None
     assert "the best on the calibration split: cg_mean (0.900 there" in text
     # The cost ratio counts every step the signals take, text signals included.
     assert result["cost"]["signals_over_generation_median"] == pytest.approx(1.16)
+
+
+def test_the_answered_auroc_is_split_into_reading_and_answerability() -> None:
+    rows = [record(0, True), record(1, False), record(2, True), record(3, False), record(4, False)]
+    rows[3] = replace(rows[3], unanswerable=True, answers=())
+    rows[4] = replace(rows[4], unanswerable=True, answers=())
+    rows.append(replace(record(5, False), unanswerable=True, answers=(), abstained=True))
+    scores = np.array([0.9, 0.2, 0.8, 0.85, 0.1, 0.5])
+    block = score_block(scores, rows)
+    # Reading: answers to answerable questions, right (0.9, 0.8) above wrong (0.2).
+    assert block["auroc_reading"] == pytest.approx(1.0)
+    # Answerability: answers only; answerable (0.9, 0.2, 0.8) over unanswerable (0.85, 0.1)
+    # in 4 of the 6 pairs. The abstention (0.5) is in neither.
+    assert block["auroc_answerability"] == pytest.approx(4 / 6)
+    text = markdown(
+        {
+            "setting": {"dataset": "x", "setting": "gold", "split": "test", "n": 6},
+            "summary": {},
+            "signals": {"s": block},
+            "cost": {"median_seconds": {}},
+        },
+        [],
+    )
+    assert "| s | " in text and "| 1.000 | 0.667 |" in text
+
+
+def test_answerability_is_undefined_without_unanswerable_questions() -> None:
+    block = score_block(
+        np.array([0.9, 0.2, 0.8]), [record(0, True), record(1, False), record(2, True)]
+    )
+    assert block["auroc_reading"] == pytest.approx(1.0)
+    assert np.isnan(block["auroc_answerability"])

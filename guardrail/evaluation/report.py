@@ -103,15 +103,31 @@ def best_single(records: Sequence[Record]) -> tuple[str, float] | None:
 def score_block(
     scores: np.ndarray, records: Sequence[Record], *, probabilities: bool = False
 ) -> dict[str, Any]:
-    """AUROC (all responses and answered-only), AURC, PRR, selective accuracy; ECE for
-    probabilities."""
+    """AUROC (all responses and answered-only, and the answered-only one split in its two
+    tasks), AURC, PRR, selective accuracy; ECE for probabilities.
+
+    Among the model's answers, a wrong one is either a misreading of an answerable question or
+    any answer to an unanswerable one. ``auroc_reading`` scores the first task alone (answers
+    to answerable questions: right vs. wrong), ``auroc_answerability`` the second (all answers:
+    answerable vs. unanswerable question); NaN where a set has only one kind.
+    """
     outcome = np.array([r.outcome_correct for r in records])
     answered = np.array([not r.abstained for r in records])
     right = np.array([r.answer_correct for r in records])
+    answerable = np.array([not r.unanswerable for r in records])
+    reading = answered & answerable
     block: dict[str, Any] = {
         "auroc": metrics.auroc(scores, outcome),
         "auroc_answered": (
             metrics.auroc(scores[answered], right[answered]) if answered.any() else float("nan")
+        ),
+        "auroc_reading": (
+            metrics.auroc(scores[reading], right[reading]) if reading.any() else float("nan")
+        ),
+        "auroc_answerability": (
+            metrics.auroc(scores[answered], answerable[answered])
+            if answered.any()
+            else float("nan")
         ),
         "aurc": metrics.aurc(scores, outcome),
         "prr": metrics.prr(scores, outcome),
@@ -393,17 +409,22 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
         "## Scores for correctness",
         "",
         "AUROC over all responses (a right answer, or an abstention on an unanswerable "
-        "question), AUROC among the model's answers only, AURC (lower is better), PRR, and "
-        "accuracy among the most confident 40% / 80%.",
+        "question), AUROC among the model's answers only, and that one's two tasks: *reading* "
+        "(answers to answerable questions, right vs. wrong) and *answerability* (all answers, "
+        "answerable vs. unanswerable question; 0.5 is blind, n/a without unanswerable "
+        "questions). Then AURC (lower is better), PRR, and accuracy among the most confident "
+        "40% / 80%.",
         "",
-        "| score | AUROC | AUROC answered | AURC | PRR | acc@0.4 | acc@0.8 | ECE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| score | AUROC | AUROC answered | reading | answerability | AURC | PRR | acc@0.4 | "
+        "acc@0.8 | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, block: Mapping[str, Any]) -> str:
         sel = block["selective_accuracy"]
         return (
             f"| {name} | {_f(block['auroc'])} | {_f(block['auroc_answered'])} | "
+            f"{_f(block.get('auroc_reading'))} | {_f(block.get('auroc_answerability'))} | "
             f"{_f(block['aurc'])} | {_f(block['prr'])} | {_f(sel['0.4'])} | {_f(sel['0.8'])} | "
             f"{_f(block.get('ece'))} |"
         )
