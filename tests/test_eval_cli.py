@@ -10,6 +10,10 @@ import pytest
 import yaml
 
 from guardrail.cli import main
+from guardrail.errors import ConfigError
+from guardrail.evaluation.commands import fit_and_certify_parts
+from guardrail.evaluation.datasets import EvalItem
+from guardrail.evaluation.runner import Record
 from guardrail.pipeline import load_policy_setting, policy_path, policy_scorer
 
 SMALL = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
@@ -29,6 +33,11 @@ SMALL = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
             "--target-error must be between 0 and 1",
         ),
         (["eval", "--dataset", str(SMALL), "--n", "50"], "cannot draw 50 balanced"),
+        (["eval", "--dataset", str(SMALL), "--fit-share", "0"], "--fit-share must be between"),
+        (
+            ["calibrate", "--dataset", str(SMALL), "--out", "x", "--fit-share", "1"],
+            "--fit-share must be between 0 and 1",
+        ),
     ],
 )
 def test_argument_errors_are_one_line_and_exit_2(
@@ -48,6 +57,51 @@ def test_bad_sweep_targets_are_refused_by_argparse(
         main(["eval", "--dataset", str(SMALL), "--sweep-targets", value])
     assert caught.value.code == 2
     assert "--sweep-targets" in capsys.readouterr().err
+
+
+def _items_and_records(groups: int) -> tuple[list[EvalItem], list[Record]]:
+    items, records = [], []
+    for g in range(groups):
+        for q in range(2):  # two questions per paragraph
+            qid = f"p{g}-q{q}"
+            items.append(EvalItem(qid, "Why?", ("because",), False, group=f"p{g}"))
+            records.append(
+                Record(
+                    key=qid,
+                    item_id=qid,
+                    question="Why?",
+                    answers=("because",),
+                    unanswerable=False,
+                    answer="because",
+                    abstained=False,
+                    signals={},
+                    timings={},
+                    passage_ids=(),
+                    passage_scores=(),
+                )
+            )
+    return items, records
+
+
+def test_the_fit_share_cuts_the_calibration_split_by_paragraph() -> None:
+    items, records = _items_and_records(20)
+
+    def groups(part: list[Record]) -> set[str]:
+        return {r.item_id.split("-")[0] for r in part}
+
+    fit, certify = fit_and_certify_parts(items, records, seed=0)
+    assert len(fit) == len(certify) == 20  # the default halves the paragraphs
+    assert not groups(fit) & groups(certify)
+    fit75, certify75 = fit_and_certify_parts(items, records, seed=0, fit_share=0.75)
+    assert (len(groups(fit75)), len(groups(certify75))) == (15, 5)
+    assert not groups(fit75) & groups(certify75)
+    # Seeded: the same seed cuts the same way, another seed differently.
+    assert fit_and_certify_parts(items, records, seed=0, fit_share=0.75)[0] == fit75
+    assert groups(fit_and_certify_parts(items, records, seed=1)[0]) != groups(fit)
+    with pytest.raises(ConfigError, match="fit_share must be between 0 and 1"):
+        fit_and_certify_parts(items, records, seed=0, fit_share=1.0)
+    with pytest.raises(ConfigError, match="cannot be cut"):
+        fit_and_certify_parts(items[:2], records[:2], seed=0, fit_share=0.9)
 
 
 @pytest.mark.slow

@@ -122,16 +122,28 @@ def _home(path: Path) -> str:
     return "~" + text[len(home) :] if text.startswith(home) else text
 
 
+DEFAULT_FIT_SHARE = 0.5
+
+
 def fit_and_certify_parts(
-    items: Sequence[EvalItem], records: Sequence[Record], seed: int
+    items: Sequence[EvalItem],
+    records: Sequence[Record],
+    seed: int,
+    fit_share: float = DEFAULT_FIT_SHARE,
 ) -> tuple[list[Record], list[Record]]:
     """Cut the calibration records in two by group (paragraph), seeded: the calibrator is
-    fitted on the first part and its threshold certified on the second. A threshold
-    certified on the data its calibrator was fitted on would see optimistic, in-sample
-    scores, and the guarantee would not hold."""
+    fitted on the first part (``fit_share`` of the groups) and its threshold certified on
+    the second. A threshold certified on the data its calibrator was fitted on would see
+    optimistic, in-sample scores, and the guarantee would not hold."""
+    if not 0 < fit_share < 1:
+        raise ConfigError(
+            f"fit_share must be between 0 and 1 (exclusive), got {fit_share}: it is the "
+            "share of the calibration split the calibrator is fitted on, the rest certifies "
+            "its threshold"
+        )
     groups = sorted({item.group or item.id for item in items})
     random.Random(f"certify:{seed}").shuffle(groups)
-    fit_groups = set(groups[: len(groups) // 2])
+    fit_groups = set(groups[: int(len(groups) * fit_share)])
     fit = [r for i, r in zip(items, records, strict=True) if (i.group or i.id) in fit_groups]
     certify = [
         r for i, r in zip(items, records, strict=True) if (i.group or i.id) not in fit_groups
@@ -266,7 +278,11 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
     """``guardrail eval``."""
     if args.fit_split == args.split:
         raise ConfigError("--fit-split must differ from --split: never fit on the test data")
-    for flag, value in (("--target-error", args.target_error), ("--delta", args.delta)):
+    for flag, value in (
+        ("--target-error", args.target_error),
+        ("--delta", args.delta),
+        ("--fit-share", args.fit_share),
+    ):
         if not 0 < value < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
     if args.samples < 0:
@@ -290,7 +306,7 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
             fit_items, label=f"{name}/{setting}/{args.fit_split} (calibration)"
         )
         fit_records, certify_records = fit_and_certify_parts(
-            fit_items, calibration_records, args.seed
+            fit_items, calibration_records, args.seed, args.fit_share
         )
         single_choice = best_single(calibration_records)
         calibrators = fit_calibrators(fit_records, args.calibrator)
@@ -447,6 +463,7 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
         ("--target-error", args.target_error),
         ("--delta", args.delta),
         ("--hedge-target-error", args.hedge_target_error),
+        ("--fit-share", args.fit_share),
     ):
         if value is not None and not 0 < value < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
@@ -454,7 +471,7 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
     items, setting = _items(args, args.split)
     runner = _runner(config, items, args)
     records = runner.run(items, label=f"{Path(args.dataset).name}/{setting}/{args.split}")
-    fit_records, certify_records = fit_and_certify_parts(items, records, args.seed)
+    fit_records, certify_records = fit_and_certify_parts(items, records, args.seed, args.fit_share)
     kind = args.calibrator[0]
     calibrator = fit_calibrators(fit_records, [kind], ablation=False)[kind]
     answer = risk_controls(
@@ -584,6 +601,13 @@ def _targets(text: str) -> tuple[float, ...]:
 
 
 def _risk_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fit-share",
+        type=float,
+        default=DEFAULT_FIT_SHARE,
+        help="share of the calibration split's paragraphs the calibrator is fitted on; the "
+        f"rest certifies its thresholds (default {DEFAULT_FIT_SHARE})",
+    )
     p.add_argument("--target-error", type=float, default=0.1, help="alpha (default 0.1)")
     p.add_argument("--delta", type=float, default=0.1, help="failure probability (default 0.1)")
     p.add_argument("--method", choices=METHODS, default="binomial", help="risk-control p-value")
