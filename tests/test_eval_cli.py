@@ -11,7 +11,7 @@ import yaml
 
 from guardrail.cli import main
 from guardrail.errors import ConfigError
-from guardrail.evaluation.commands import fit_and_certify_parts
+from guardrail.evaluation.commands import _print_summary, fit_and_certify_parts
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.runner import Record
 from guardrail.pipeline import load_policy_setting, policy_path, policy_scorer
@@ -167,3 +167,18 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     for name in ("report.md", "risk_coverage.png", "reliability.png"):
         assert (report / name).stat().st_size > 0
     assert (report / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_summary_says_when_no_signal_can_be_scored(capsys: pytest.CaptureFixture[str]) -> None:
+    nan = float("nan")
+    result = {
+        "setting": {"dataset": "x", "setting": "open", "split": "test"},
+        "summary": {"n": 4, "response_accuracy": 0.0},
+        "signals": {"cg_mean": {"auroc": nan}, "mean_logprob": {"auroc": nan}},
+    }
+    _print_summary(result)
+    out = capsys.readouterr().out
+    assert "best single signal: n/a (AUROC needs right and wrong responses" in out
+    result["signals"]["mean_logprob"] = {"auroc": 0.7}
+    _print_summary(result)
+    assert "best single signal: mean_logprob AUROC 0.700" in capsys.readouterr().out

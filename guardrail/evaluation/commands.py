@@ -386,7 +386,10 @@ def _print_summary(result: dict[str, Any]) -> None:
         result["signals"].items(),
         key=lambda kv: -1 if math.isnan(kv[1]["auroc"]) else kv[1]["auroc"],
     )
-    print(f"  best single signal: {best[0]} AUROC {_fmt(best[1]['auroc'])}")
+    if math.isnan(best[1]["auroc"]):
+        print("  best single signal: n/a (AUROC needs right and wrong responses in the split)")
+    else:
+        print(f"  best single signal: {best[0]} AUROC {_fmt(best[1]['auroc'])}")
     chosen = result.get("single_chosen_on_calibration")
     if chosen:
         print(
