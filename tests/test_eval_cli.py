@@ -33,10 +33,19 @@ SMALL = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
             "--target-error must be between 0 and 1",
         ),
         (["eval", "--dataset", str(SMALL), "--n", "50"], "cannot draw 50 balanced"),
-        (["eval", "--dataset", str(SMALL), "--fit-share", "0"], "--fit-share must be between"),
+        (
+            ["eval", "--dataset", str(SMALL), "--fit-split", "calibrate", "--fit-share", "0"],
+            "--fit-share must be between",
+        ),
         (
             ["calibrate", "--dataset", str(SMALL), "--out", "x", "--fit-share", "1"],
             "--fit-share must be between 0 and 1",
+        ),
+        (["eval", "--dataset", str(SMALL), "--fit-share", "0.7"], "give --fit-split too"),
+        # Refused from the items alone, before any model runs: two paragraphs at 0.2.
+        (
+            ["calibrate", "--dataset", str(SMALL), "--n", "2", "--out", "x", "--fit-share", "0.2"],
+            "cannot be cut into a part to fit on and a part to certify on at a fit share of 0.2",
         ),
     ],
 )
@@ -98,10 +107,19 @@ def test_the_fit_share_cuts_the_calibration_split_by_paragraph() -> None:
     # Seeded: the same seed cuts the same way, another seed differently.
     assert fit_and_certify_parts(items, records, seed=0, fit_share=0.75)[0] == fit75
     assert groups(fit_and_certify_parts(items, records, seed=1)[0]) != groups(fit)
+    # An odd number of paragraphs: the fitting part gets the smaller half, as it always did.
+    odd_items, odd_records = _items_and_records(21)
+    assert len(groups(fit_and_certify_parts(odd_items, odd_records, seed=0)[0])) == 10
+    # Float error does not cut one short: 100 * 0.29 is 28.999... in floating point.
+    many_items, many_records = _items_and_records(100)
+    fit29 = fit_and_certify_parts(many_items, many_records, seed=0, fit_share=0.29)[0]
+    assert len(groups(fit29)) == 29
     with pytest.raises(ConfigError, match="fit_share must be between 0 and 1"):
         fit_and_certify_parts(items, records, seed=0, fit_share=1.0)
-    with pytest.raises(ConfigError, match="cannot be cut"):
-        fit_and_certify_parts(items[:2], records[:2], seed=0, fit_share=0.9)
+    # Three paragraphs can be cut at 0.5 (one to fit on) but not at 0.2 (none).
+    assert len(groups(fit_and_certify_parts(items[:6], records[:6], seed=0)[0])) == 1
+    with pytest.raises(ConfigError, match=r"use a larger --n or a --fit-share nearer 0\.5"):
+        fit_and_certify_parts(items[:6], records[:6], seed=0, fit_share=0.2)
 
 
 @pytest.mark.slow
@@ -161,7 +179,7 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert [row["target_error"] for row in sweep] == [0.1, 0.2, 0.3, 0.5, 0.7]
     assert all(row["calibrator"] == "logistic" for row in sweep)
     assert (
-        "fitted on 1 questions, thresholds certified on the other 1"
+        "fitted on 1 questions (fit share 0.5), thresholds certified on the other 1"
         in (result["setting"]["fit_split"])
     )
     for name in ("report.md", "risk_coverage.png", "reliability.png"):

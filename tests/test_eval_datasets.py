@@ -48,7 +48,14 @@ def test_squad2_gold_and_open() -> None:
         (
             "hotpotqa",
             "gold",
-            lambda items: len(items[0].passages) == 3 and not items[0].unanswerable,
+            # Two gold paragraphs and the first distractor, whose record in the released file
+            # also carries a retrieval score.
+            lambda items: (
+                len(items[0].passages) == 3
+                and not items[0].unanswerable
+                and items[0].passages[2].title == "C"
+                and items[0].passages[2].text == "River C is 5 km long."
+            ),
         ),
         (
             "hotpotqa",

@@ -125,16 +125,12 @@ def _home(path: Path) -> str:
 DEFAULT_FIT_SHARE = 0.5
 
 
-def fit_and_certify_parts(
-    items: Sequence[EvalItem],
-    records: Sequence[Record],
-    seed: int,
-    fit_share: float = DEFAULT_FIT_SHARE,
-) -> tuple[list[Record], list[Record]]:
-    """Cut the calibration records in two by group (paragraph), seeded: the calibrator is
-    fitted on the first part (``fit_share`` of the groups) and its threshold certified on
-    the second. A threshold certified on the data its calibrator was fitted on would see
-    optimistic, in-sample scores, and the guarantee would not hold."""
+def fit_groups(
+    items: Sequence[EvalItem], seed: int, fit_share: float = DEFAULT_FIT_SHARE
+) -> set[str]:
+    """The groups (paragraphs) of the calibration split the calibrator is fitted on: a
+    seeded ``fit_share`` of them; the others certify its thresholds. Known from the items
+    alone, so a cut that leaves a part empty is refused before any model runs."""
     if not 0 < fit_share < 1:
         raise ConfigError(
             f"fit_share must be between 0 and 1 (exclusive), got {fit_share}: it is the "
@@ -143,16 +139,31 @@ def fit_and_certify_parts(
         )
     groups = sorted({item.group or item.id for item in items})
     random.Random(f"certify:{seed}").shuffle(groups)
-    fit_groups = set(groups[: int(len(groups) * fit_share)])
-    fit = [r for i, r in zip(items, records, strict=True) if (i.group or i.id) in fit_groups]
-    certify = [
-        r for i, r in zip(items, records, strict=True) if (i.group or i.id) not in fit_groups
-    ]
-    if not fit or not certify:
+    # The small epsilon keeps float error from cutting one short (100 * 0.29 = 28.999...).
+    chosen = set(groups[: math.floor(len(groups) * fit_share + 1e-9)])
+    if not chosen or len(chosen) == len(groups):
         raise ConfigError(
-            f"{len(records)} calibration questions cannot be cut into a part to fit on and a "
-            "part to certify on; use a larger --n"
+            f"{len(items)} calibration questions from {len(groups)} paragraphs cannot be cut "
+            f"into a part to fit on and a part to certify on at a fit share of {fit_share}; "
+            "use a larger --n or a --fit-share nearer 0.5"
         )
+    return chosen
+
+
+def fit_and_certify_parts(
+    items: Sequence[EvalItem],
+    records: Sequence[Record],
+    seed: int,
+    fit_share: float = DEFAULT_FIT_SHARE,
+) -> tuple[list[Record], list[Record]]:
+    """Cut the calibration records in two by group (paragraph), seeded (``fit_groups``):
+    the calibrator is fitted on the first part and its threshold certified on the second.
+    A threshold certified on the data its calibrator was fitted on would see optimistic,
+    in-sample scores, and the guarantee would not hold."""
+    chosen = fit_groups(items, seed, fit_share)
+    pairs = list(zip(items, records, strict=True))
+    fit = [r for i, r in pairs if (i.group or i.id) in chosen]
+    certify = [r for i, r in pairs if (i.group or i.id) not in chosen]
     return fit, certify
 
 
@@ -278,16 +289,23 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
     """``guardrail eval``."""
     if args.fit_split == args.split:
         raise ConfigError("--fit-split must differ from --split: never fit on the test data")
+    if args.fit_share is not None and not args.fit_split:
+        raise ConfigError("--fit-share applies to the calibration split: give --fit-split too")
+    fit_share = DEFAULT_FIT_SHARE if args.fit_share is None else args.fit_share
     for flag, value in (
         ("--target-error", args.target_error),
         ("--delta", args.delta),
-        ("--fit-share", args.fit_share),
+        ("--fit-share", fit_share),
     ):
         if not 0 < value < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
     if args.samples < 0:
         raise ConfigError(f"--samples must be 0 (no baseline) or more, got {args.samples}")
     config = _config(args, base)
+    fit_items: list[EvalItem] = []
+    if args.fit_split:
+        fit_items, _ = _items(args, args.fit_split)
+        fit_groups(fit_items, args.seed, fit_share)  # refuse an impossible cut before any run
     test_items, setting = _items(args, args.split)
     runner = _runner(config, test_items, args)
     name = Path(args.dataset).name
@@ -301,12 +319,11 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
     policy_file = policy_path(config.policy)
     policy = runner.guardrail.policy
     if args.fit_split:
-        fit_items, _ = _items(args, args.fit_split)
         calibration_records = runner.run(
             fit_items, label=f"{name}/{setting}/{args.fit_split} (calibration)"
         )
         fit_records, certify_records = fit_and_certify_parts(
-            fit_items, calibration_records, args.seed, args.fit_share
+            fit_items, calibration_records, args.seed, fit_share
         )
         single_choice = best_single(calibration_records)
         calibrators = fit_calibrators(fit_records, args.calibrator)
@@ -345,8 +362,9 @@ def cmd_eval(args: argparse.Namespace, base: GuardrailConfig) -> int:
             **_setting(args, setting, args.split, config, runner, test_items),
             "policy": f"{policy.name} ({policy_file.name})",
             "fit_split": (
-                f"{args.fit_split}: calibrators fitted on {len(fit_records)} questions, "
-                f"thresholds certified on the other {len(certify_records)} (disjoint paragraphs)"
+                f"{args.fit_split}: calibrators fitted on {len(fit_records)} questions (fit "
+                f"share {fit_share}), thresholds certified on the other {len(certify_records)} "
+                "(disjoint paragraphs)"
                 if args.fit_split
                 else "none"
             ),
@@ -385,6 +403,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     best = max(
         result["signals"].items(),
         key=lambda kv: -1 if math.isnan(kv[1]["auroc"]) else kv[1]["auroc"],
+        default=("", {"auroc": math.nan}),
     )
     if math.isnan(best[1]["auroc"]):
         print("  best single signal: n/a (AUROC needs right and wrong responses in the split)")
@@ -470,11 +489,13 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
     ):
         if value is not None and not 0 < value < 1:
             raise ConfigError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+    fit_share = DEFAULT_FIT_SHARE if args.fit_share is None else args.fit_share
     config = _config(args, base)
     items, setting = _items(args, args.split)
+    fit_groups(items, args.seed, fit_share)  # refuse an impossible cut before any model run
     runner = _runner(config, items, args)
     records = runner.run(items, label=f"{Path(args.dataset).name}/{setting}/{args.split}")
-    fit_records, certify_records = fit_and_certify_parts(items, records, args.seed, args.fit_share)
+    fit_records, certify_records = fit_and_certify_parts(items, records, args.seed, fit_share)
     kind = args.calibrator[0]
     calibrator = fit_calibrators(fit_records, [kind], ablation=False)[kind]
     answer = risk_controls(
@@ -504,7 +525,8 @@ def cmd_calibrate(args: argparse.Namespace, base: GuardrailConfig) -> int:
     calibrator_out = stem.parent / f"{stem.name}.calibrator.json"
     fitted_on = (
         f"{args.dataset}/{setting} split={args.split} seed={args.seed} n={args.n} "
-        f"(fitted on {len(fit_records)}, certified on {len(certify_records)}) "
+        f"(fit share {fit_share}: fitted on {len(fit_records)}, certified on "
+        f"{len(certify_records)}) "
         f"model={runner.guardrail.backend.name} ({config.dtype}) "
         f"prompt={runner.settings['prompt']} top_k={config.top_k} "
         f"max_passage_words={config.max_passage_words}"
@@ -607,7 +629,6 @@ def _risk_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fit-share",
         type=float,
-        default=DEFAULT_FIT_SHARE,
         help="share of the calibration split's paragraphs the calibrator is fitted on; the "
         f"rest certifies its thresholds (default {DEFAULT_FIT_SHARE})",
     )

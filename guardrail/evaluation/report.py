@@ -411,9 +411,9 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str]) -> str:
         "AUROC over all responses (a right answer, or an abstention on an unanswerable "
         "question), AUROC among the model's answers only, and that one's two tasks: *reading* "
         "(answers to answerable questions, right vs. wrong) and *answerability* (all answers, "
-        "answerable vs. unanswerable question; 0.5 is blind, n/a without unanswerable "
-        "questions). Then AURC (lower is better), PRR, and accuracy among the most confident "
-        "40% / 80%.",
+        "answerable vs. unanswerable question; n/a without unanswerable questions; 0.5 is "
+        "blind, and below 0.5 informative the other way round). Then AURC (lower is better), "
+        "PRR, and accuracy among the most confident 40% / 80%.",
         "",
         "| score | AUROC | AUROC answered | reading | answerability | AURC | PRR | acc@0.4 | "
         "acc@0.8 | ECE |",
