@@ -400,20 +400,21 @@ _NEGATION = re.compile(
 """Negation words; "no" only when not a number sign ("No. 1")."""
 
 
-def _negated(text: str) -> bool:
+def negated(text: str) -> bool:
+    """Whether ``text`` holds a negation word (``_NEGATION``)."""
     return bool(_NEGATION.search(text.lower()))
 
 
 def _negation_mismatch(x: SignalInputs) -> float | None:
     if not x.answer_sentences:
         return None
-    if not _negated(x.question):
+    if not negated(x.question):
         return 0.0
-    return float(not any(_negated(s) for s in x.answer_sentences))
+    return float(not any(negated(s) for s in x.answer_sentences))
 
 
 def _question_negated(x: SignalInputs) -> float | None:
-    return float(_negated(x.question)) if x.question.strip() else None
+    return float(negated(x.question)) if x.question.strip() else None
 
 
 SIGNALS: Mapping[str, SignalFn] = {

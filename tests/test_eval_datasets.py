@@ -13,6 +13,7 @@ from guardrail.evaluation.datasets import (
     EvalItem,
     load_items,
     load_user_jsonl,
+    polar_answers,
     split_items,
 )
 
@@ -42,8 +43,20 @@ def test_squad2_gold_and_open() -> None:
             "open",
             lambda items: items[0].answers == ("William Shakespeare", "Shakespeare"),
         ),
+        # Neither statement is negated: the statement alone is the gold answer.
         ("conflictqa", "parametric", lambda items: items[0].answers == ("The sky is blue.",)),
         ("conflictqa", "counter", lambda items: "green" in items[0].passages[0].text),
+        # One statement negated, the question not: "no" and "yes" are gold answers too.
+        (
+            "conflictqa",
+            "parametric",
+            lambda items: items[1].answers == ("The moon is not made of cheese.", "no"),
+        ),
+        (
+            "conflictqa",
+            "counter",
+            lambda items: items[1].answers == ("The moon is made of cheese.", "yes"),
+        ),
         ("ramdocs", "given", lambda items: len(items[0].passages) == 3),
         (
             "hotpotqa",
@@ -134,3 +147,30 @@ def test_split_errors() -> None:
         split_items(items, "dev", 2, 0)
     with pytest.raises(DatasetError, match="cannot draw 100 balanced"):
         split_items(items, "test", 100, 0)
+
+
+@pytest.mark.parametrize(
+    ("question", "memory", "counter", "expected"),
+    [
+        ("Is the moon made of cheese?", "It is not.", "It is.", ("no", "yes")),
+        (
+            "Do guitarists feel pain?",
+            "Guitarists feel pain.",
+            "Guitarists don't feel pain.",
+            ("yes", "no"),
+        ),
+        # A negated question, or two statements alike in negation, do not settle it.
+        ("Isn't the moon made of cheese?", "It is not.", "It is.", (None, None)),
+        ("Is the sky green?", "The sky is blue.", "The sky is green.", (None, None)),
+        (
+            "Was it made with bitcoin?",
+            "It cannot be said; it was not.",
+            "It was not.",
+            (None, None),
+        ),
+    ],
+)
+def test_polar_answers_of_yes_no_statements(
+    question: str, memory: str, counter: str, expected: tuple[str | None, str | None]
+) -> None:
+    assert polar_answers(question, memory, counter) == expected

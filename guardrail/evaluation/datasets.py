@@ -21,6 +21,7 @@ from typing import Any
 
 from guardrail.errors import GuardrailError
 from guardrail.jsonl import iter_objects
+from guardrail.signals import negated
 from retrievers import Passage
 
 
@@ -149,10 +150,22 @@ def load_nq_open(data_dir: Path, setting: str) -> list[EvalItem]:
     return items
 
 
+def polar_answers(question: str, memory: str, counter: str) -> tuple[str | None, str | None]:
+    """ "yes" or "no" for the two opposite statements that answer a yes/no question, when the
+    question holds no negation and exactly one statement does (that one says "no"); (None,
+    None) when the statements do not settle it that way."""
+    if negated(question) or negated(memory) == negated(counter):
+        return None, None
+    return ("no", "yes") if negated(memory) else ("yes", "no")
+
+
 def load_conflictqa(data_dir: Path, setting: str) -> list[EvalItem]:
     """ConflictQA (StrategyQA, llama2-7b): each question with the evidence aligned with the
     model's memory (``parametric``) or with the counter-memory (``counter``); correct means
-    agreeing with the evidence given."""
+    agreeing with the evidence given. The questions are yes/no questions and the set's answers
+    whole statements ("The moon is not made of cheese."), which a short answer never matches
+    at F1 0.5: where ``polar_answers`` settles it (92% of the set), "yes" or "no" is a gold
+    answer too."""
     path = data_dir / "conflictqa" / "conflictQA-strategyQA-llama2-7b.json"
     items = []
     for q in _jsonl(path):
@@ -161,13 +174,15 @@ def load_conflictqa(data_dir: Path, setting: str) -> list[EvalItem]:
             if setting == "parametric"
             else ("counter_memory_aligned_evidence")
         )
-        answer = q["memory_answer"] if setting == "parametric" else q["counter_answer"]
+        memory, counter = str(q["memory_answer"]), str(q["counter_answer"])
+        polar = polar_answers(q["question"], memory, counter)
+        answer, stance = (memory, polar[0]) if setting == "parametric" else (counter, polar[1])
         qid = _digest(q["question"])
         items.append(
             EvalItem(
                 id=qid,
                 question=q["question"],
-                answers=(str(answer),),
+                answers=(answer,) if stance is None else (answer, stance),
                 unanswerable=False,
                 passages=(_passage(f"conflictqa:{qid}:{setting}", str(q[key]), "conflictqa"),),
                 group=qid,
