@@ -2,7 +2,8 @@
 # The selective-answering benchmark of docs/evaluation.md: calibrate on 300 SQuAD 2.0 dev
 # questions, report on a disjoint 300 (half unanswerable in each, seed 0), in the gold-paragraph
 # and the open-retrieval settings; then SelfAware (open retrieval) in-domain and with the
-# SQuAD-calibrated policy (transfer); then SQuAD 1.1 dev (all answerable, gold paragraph). Model runs are cached under ~/.cache/guardrail/eval, so
+# SQuAD-calibrated policy (transfer); then SQuAD 1.1 dev (all answerable, gold paragraph); then ConflictQA
+# with counter-memory evidence. Model runs are cached under ~/.cache/guardrail/eval, so
 # a second run only recomputes the reports. Takes about 1.7 hours on two cores when nothing
 # is cached (the 5-sample baseline is most of it).
 #
@@ -37,3 +38,10 @@ $G calibrate --dataset squad11 --setting gold "${COMMON[@]}" \
   --target-error 0.1 --delta 0.1 --out "$POLICIES/squad11-gold" || [ $? -eq 3 ]
 $G eval --dataset squad11 --setting gold "${COMMON[@]}" --split test --fit-split calibrate \
   --policy "$POLICIES/squad11-gold.yaml" --out "$REPORTS/squad11-gold"
+
+# Knowledge conflicts: ConflictQA (StrategyQA yes/no questions) with the evidence that
+# contradicts the model's own memory, where the Confidence Gain signals should matter most.
+$G calibrate --dataset conflictqa --setting counter "${COMMON[@]}" \
+  --target-error 0.1 --delta 0.1 --out "$POLICIES/conflictqa-counter" || [ $? -eq 3 ]
+$G eval --dataset conflictqa --setting counter "${COMMON[@]}" --split test --fit-split calibrate \
+  --policy "$POLICIES/conflictqa-counter.yaml" --out "$REPORTS/conflictqa-counter"
