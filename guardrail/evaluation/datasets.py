@@ -151,9 +151,9 @@ def load_nq_open(data_dir: Path, setting: str) -> list[EvalItem]:
 
 
 def polar_answers(question: str, memory: str, counter: str) -> tuple[str | None, str | None]:
-    """ "yes" or "no" for the two opposite statements that answer a yes/no question, when the
-    question holds no negation and exactly one statement does (that one says "no"); (None,
-    None) when the statements do not settle it that way."""
+    """The answer, "yes" or "no", that each of two opposite statements gives to a yes/no
+    question, when the question holds no negation and exactly one statement does (that one
+    says "no"); (None, None) when the statements do not settle it that way."""
     if negated(question) or negated(memory) == negated(counter):
         return None, None
     return ("no", "yes") if negated(memory) else ("yes", "no")
