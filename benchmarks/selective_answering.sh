@@ -4,7 +4,7 @@
 # and the open-retrieval settings; then SelfAware (open retrieval) in-domain and with the
 # SQuAD-calibrated policy (transfer); then SQuAD 1.1 dev (all answerable, gold paragraph); then ConflictQA
 # with counter-memory evidence. Model runs are cached under ~/.cache/guardrail/eval, so
-# a second run only recomputes the reports. Takes about 1.7 hours on two cores when nothing
+# a second run only recomputes the reports. Takes about 1.9 hours on two cores when nothing
 # is cached (the 5-sample baseline is most of it).
 #
 #   bash benchmarks/selective_answering.sh [DATA_DIR]      (default ../shared/data)
