@@ -226,6 +226,14 @@ class Guardrail:
             return []
         return self.index.search(question, k=self.config.top_k)
 
+    def _policy_and_scorer(
+        self, policy: Policy | None, scorer: ConfidenceScorer | None
+    ) -> tuple[Policy, ConfidenceScorer]:
+        """``policy`` (default: the base policy) and ``scorer`` (default: that policy's)."""
+        current = self.policies.current
+        policy = policy if policy is not None else current.policy_for(None)
+        return policy, scorer if scorer is not None else current.scorer(policy)
+
     def wants_probe(
         self, policy: Policy | None = None, scorer: ConfidenceScorer | None = None
     ) -> bool:
@@ -234,10 +242,7 @@ class Guardrail:
         calibrator as a feature or its rules in a condition."""
         if self.config.abstain_probe is not None:
             return self.config.abstain_probe
-        if policy is None:
-            loaded = self.policies.current
-            policy = loaded.policy_for(None)
-            scorer = scorer or loaded.scorer(policy)
+        policy, scorer = self._policy_and_scorer(policy, scorer)
         features = getattr(scorer, "features", ())
         return ABSTAIN_SIGNAL in features or ABSTAIN_SIGNAL in policy.signal_names()
 
@@ -339,12 +344,7 @@ class Guardrail:
         accepted, or ``None`` when the chain fell back, and the final decision. ``assess``
         replaces :meth:`assess` for the targets and ``ledger`` the pipeline's budget ledger
         (the evaluation uses both: its cache, and budgets counted on a simulated clock)."""
-        if policy is None:
-            loaded = self.policies.current
-            policy = loaded.policy_for(None)
-            scorer = scorer or loaded.scorer(policy)
-        elif scorer is None:
-            scorer = self.policies.current.scorer(policy)
+        policy, scorer = self._policy_and_scorer(policy, scorer)
         probe = self.wants_probe(policy, scorer)
 
         def attempt(target: str) -> tuple[Assessed, Decision]:

@@ -406,3 +406,26 @@ def test_the_abstention_probe_runs_only_when_something_needs_it(
         config=GuardrailConfig(abstain_probe=False),
     )
     assert not off.wants_probe()
+
+
+def test_a_policy_whose_calibrator_reads_the_probe_wants_it(tmp_path: Path) -> None:
+    from guardrail.calibration import ABSTAINED, LogisticCalibrator
+    from guardrail.pipeline import policy_path, policy_scorer
+
+    rows = [{"abstain_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
+    calibrator = LogisticCalibrator(("abstain_logprob",))
+    calibrator.fit(rows, [i >= 12 for i in range(30)]).save(tmp_path / "cal.json")
+    policy_file = tmp_path / "calibrated.yaml"
+    policy_file.write_text(
+        "version: 1\nname: calibrated\n"
+        "thresholds: {answer: 0.9, hedge: 0.5, otherwise: defer}\n"
+        "calibration: {calibrator: cal.json, target_error: 0.1, delta: 0.1}\n"
+    )
+    policy = load_policy_setting(str(policy_file))
+    scorer = policy_scorer(policy, policy_path(str(policy_file)))
+    guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
+    # Given the policy alone, its own calibrator is looked up (it reads abstain_logprob).
+    assert guard.wants_probe(guard.policy)
+    assert guard.wants_probe()
+    response = guard.ask("What is the capital of France?", passages=[PARIS])
+    assert response.signals["abstain_logprob"] is not None
