@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from guardrail.signals import normalize_answer
+from guardrail.text import normalize_answer
 
 FLAG_NAMES: frozenset[str] = frozenset({"model_abstained", "knowledge_conflict", "no_passages"})
 

@@ -34,41 +34,22 @@ from typing import Any
 import numpy as np
 
 from guardrail.errors import ConfigError
-from guardrail.signals import SENTENCE_SIGNALS
+from guardrail.signals import REGISTRY, Group, Needs
 
 ARTIFACT_FORMAT = "guardrail-calibrator"
 ARTIFACT_VERSION = 1
 ABSTAINED = "abstained"
 """The key of the observation that selects the branch: 1.0 when the model abstained."""
 
-CG_FEATURES: tuple[str, ...] = (
-    "cg_mean",
-    "cg_min",
-    "cg_first",
-    "cg_negative_share",
-    "parametric_agreement",
-    "parametric_logprob",
-)
+CG_FEATURES: tuple[str, ...] = tuple(s.name for s in REGISTRY if s.needs is Needs.PARAMETRIC)
 """The signals that need the no-passage pass (Confidence Gain and parametric agreement)."""
 
-TOKEN_FEATURES: tuple[str, ...] = (
-    "mean_logprob",
-    "mean_entropy",
-    "min_token_prob",
-    "first_token_margin",
-    "self_certainty",
-    "answer_tokens",
-    "answer_in_passages",
-    "question_overlap",
-    "answer_sentence_overlap",
-    *SENTENCE_SIGNALS,
-    "retrieval_top_score",
-    "retrieval_margin",
+DEFAULT_FEATURES: tuple[str, ...] = tuple(
+    s.name for s in sorted(REGISTRY, key=lambda s: list(Group).index(s.group)) if s.feature
 )
-"""Signals of the contextual generation, of the answer's place in the passages and of
-retrieval."""
-
-DEFAULT_FEATURES: tuple[str, ...] = CG_FEATURES + TOKEN_FEATURES
+"""The signals the calibrator reads (``Signal.feature``), group by group in ``Group``'s
+order and in registry order within a group. A fitted artifact stores its own features; a
+refit reproduces one only in the same column order."""
 C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
 """The regularisation strengths ``C="auto"`` chooses from (smaller is stronger)."""
 MIN_BRANCH_SIZE = 12

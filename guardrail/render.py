@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from guardrail.signals import contains_phrase, normalize_answer
+from guardrail.text import contains_phrase, normalize_answer
 from guardrail.types import Citation
 from policies import Action, Decision, Policy
 from retrievers import Passage

@@ -4,61 +4,10 @@ Notation (DESIGN.md): for answer token t, ``p_ctx,t`` is the next-token distribu
 passages in the prompt and ``p_par,t`` the one at the same position without them (the same
 answer prefix teacher-forced in ONE ``score`` pass). ``H`` is Shannon entropy in nats.
 
-- ``cg_mean`` / ``cg_min`` / ``cg_first``: Confidence Gain ``CG_t = H(p_par,t) - H(p_ctx,t)``
-  (CK-PLUG, Bi et al. 2025) averaged, minimum, and at the first answer token. Positive: the
-  passages made the model more certain; negative: less certain (a knowledge conflict).
-- ``cg_negative_share``: share of answer tokens with ``CG_t < 0`` (the paper's condition).
-- ``parametric_agreement``: share of answer tokens that the model would have chosen without
-  the passages (argmax of ``p_par,t`` equals the answer token).
-- ``parametric_logprob``: mean log-probability of the answer tokens without the passages.
-- ``mean_logprob``, ``mean_entropy``, ``min_token_prob``, ``first_token_margin``,
-  ``self_certainty``: token statistics of the contextual answer (self-certainty is the mean
-  KL divergence of the uniform distribution from each next-token distribution).
-- ``retrieval_top_score``, ``retrieval_margin``: cosine score of the best passage and its gap
-  to the second; ``answer_in_passages``: 1.0 when the normalised answer occurs in a passage.
-- ``abstain_logprob``: log-probability, under the contextual prompt, of the abstention answer
-  ("unanswerable") as a whole continuation: how strongly the model considered saying it has
-  no answer, whatever it then said (read from the generation's prompt cache). Measured only
-  when something needs it (setting ``abstain_probe``): it costs about 13% of a generation and
-  added nothing measurable to the calibrated confidence.
-- ``answer_tokens``: the number of answer tokens.
-- ``question_overlap``: the share of the question's content words (lower case, stop words
-  removed, a plural "s" ignored) that occur anywhere in the passages: does the document talk
-  about exactly what was asked? A question about an entity the passages never name scores low.
-- ``answer_sentence_overlap``: the same share measured on the passage sentence that holds the
-  answer (the best one if several do): is the answer drawn from the sentence that addresses
-  the question, or from an unrelated one? None when the answer is not found in a passage.
-  Sentences end at ".", "!" or "?" but not after an initial or a common abbreviation ("U.S.",
-  "Dr."); an answer that spans a sentence end is looked for in pairs of adjacent sentences.
-  Matching folds typographic quotes into ASCII ones.
-
-The answer's sentence gets a closer look, since a small model picks a plausible span from a
-sentence that *almost* answers the question (a different year, a negated relation, the
-question's own entity). Each of these is None when the answer is not found in a passage:
-
-- ``answer_sentence_gap``: ``answer_sentence_overlap`` minus the highest overlap of any passage
-  sentence: 0 when the answer comes from the sentence that matches the question best,
-  negative when a better-matching sentence was passed over.
-- ``answer_sentence_weighted_overlap``: like ``answer_sentence_overlap`` with each question
-  word weighted by how rare it is among the passages' sentences (``log((n + 1) / (df + 0.5))``
-  for ``n`` sentences, ``df`` of them holding the word): the topic word every sentence repeats
-  counts little, the one detail that pins the answer down counts much.
-- ``answer_occurrences``: how many passage sentences hold the answer, counted up to 5 (a
-  string the passages repeat everywhere is often the topic rather than the answer).
-- ``answer_proximity``: how many words stand between the answer and the nearest question
-  word outside it, in the answer's best sentence, both cut by the SQuAD normalisation (None
-  also when that sentence holds no question word outside the answer).
-- ``answer_sentence_similarity``: cosine similarity of the question and the answer's sentence
-  (the best of up to three that hold it) under the sentence embedder (all-MiniLM-L6-v2 by
-  default): the lexical overlaps above miss paraphrases. None also without an embedder.
-- ``negation_mismatch``: 1.0 when the question is negated ("not", "never", "n't", "no" but
-  not "No. 1", ...) and no sentence holding the answer is, else 0.0.
-- ``question_negated``: 1.0 when the question holds a negation (a relation a small extractive
-  reader tends to ignore), else 0.0.
-
-The signals from ``answer_in_passages`` on, ``question_overlap`` and the retrieval signals read
-only text, scores and (for the similarity) the embedder (``TEXT_SIGNALS``): they cost little
-next to the model and can be recomputed from a stored answer at any time.
+Each signal is declared once, by ``_signal`` on the function that computes it: the function's
+docstring is its definition, the decorator gives its direction, group and needs (``Signal``).
+``REGISTRY`` holds them in order; ``SIGNALS``, ``TEXT_SIGNALS``, the calibrator's features, the
+report's directions and the README's table (``signal_table_markdown``) are all read from it.
 
 A signal that cannot be computed (no answer tokens, no parametric pass, no passages) is
 ``None``; policies treat a missing value as not matching any comparison.
@@ -66,14 +15,25 @@ A signal that cannot be computed (no answer tokens, no parametric pass, no passa
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
-import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property
 
+from guardrail.text import (
+    STOP_WORDS,
+    contains_phrase,
+    content_words,
+    fold_quotes,
+    negated,
+    normalize_answer,
+    split_sentences,
+    split_words,
+    squad_tokens,
+)
 from guardrail.types import TokenStats
 from retrievers import Embedder, Passage
 
@@ -102,8 +62,8 @@ class SignalInputs:
 
     @cached_property
     def sentence_words(self) -> list[set[str]]:
-        """The words of each sentence (``_words``), as sets."""
-        return [set(_words(s)) for s in self.sentences]
+        """The words of each sentence (``split_words``), as sets."""
+        return [set(split_words(s)) for s in self.sentences]
 
     @cached_property
     def answer_sentences(self) -> list[str]:
@@ -133,7 +93,7 @@ class SignalInputs:
         (empty without question words or without a sentence holding the answer)."""
         if not self.question_words:
             return []
-        pairs = [(s, set(_words(s))) for s in self.answer_sentences]
+        pairs = [(s, set(split_words(s))) for s in self.answer_sentences]
         return sorted(pairs, key=lambda pair: -self.overlap(pair[1]))
 
 
@@ -155,6 +115,83 @@ def embedder_similarity(embedder: Embedder) -> Similarity:
 SignalFn = Callable[[SignalInputs], float | None]
 
 
+class Needs(Enum):
+    """What computing a signal takes beyond the question, the answer and the passages."""
+
+    TOKENS = "generator tokens"
+    """The contextual generation's token record."""
+    PARAMETRIC = "no-passage pass"
+    """The second, teacher-forced pass without the passages."""
+    PROBE = "abstention probe"
+    """The extra pass that scores the abstention answer (setting ``abstain_probe``)."""
+    TEXT = "text only"
+    """The text and the retrieval scores alone: no model output but the answer."""
+    EMBEDDER = "text + embedder"
+    """Text, as ``TEXT``, and the sentence embedder."""
+
+
+class Group(Enum):
+    """Families of signals. The declaration order is the column order of the default
+    calibrator (``calibration.DEFAULT_FEATURES``): group by group, registry order within a
+    group. A refit reproduces an earlier calibrator only in the same column order, so a new
+    group goes at the end."""
+
+    CONFIDENCE_GAIN = "confidence_gain"
+    """Confidence Gain and the other comparisons with the no-passage pass."""
+    TOKEN = "token"
+    """Statistics of the contextual answer's tokens."""
+    GROUNDING = "grounding"
+    """Whether and where the passages hold the answer and the question's words."""
+    SENTENCE = "sentence"
+    """A closer look at the answer's sentence, since a small model picks a plausible span
+    from a sentence that *almost* answers the question (a different year, a negated
+    relation, the question's own entity)."""
+    RETRIEVAL = "retrieval"
+    """The retriever's scores."""
+    PROBE = "probe"
+    """The abstention probe."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One registered signal: how it is computed, what it means and what it takes."""
+
+    name: str
+    compute: SignalFn
+    direction: int
+    """+1 when a higher value should mean a more likely right answer, -1 when a lower one
+    should: fixed a priori, never fitted (the report scores single signals with it)."""
+    group: Group
+    needs: Needs
+    description: str
+    """The definition, its first paragraph a one-line summary."""
+    feature: bool = True
+    """Whether the default calibrator reads it."""
+
+    @property
+    def summary(self) -> str:
+        """The description's first paragraph, on one line."""
+        return " ".join(self.description.split("\n\n", 1)[0].split())
+
+
+_REGISTERED: list[Signal] = []
+
+
+def _signal(
+    direction: int, group: Group, needs: Needs, *, feature: bool = True
+) -> Callable[[SignalFn], SignalFn]:
+    """Register the decorated function as the signal named after it (without its leading
+    underscore), its docstring as the definition. Registration order is ``SIGNALS`` order."""
+
+    def register(compute: SignalFn) -> SignalFn:
+        name = compute.__name__.removeprefix("_")
+        description = inspect.getdoc(compute) or ""
+        _REGISTERED.append(Signal(name, compute, direction, group, needs, description, feature))
+        return compute
+
+    return register
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -169,177 +206,170 @@ def confidence_gains(inputs: SignalInputs) -> list[float]:
     ]
 
 
+@_signal(+1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _cg_mean(x: SignalInputs) -> float | None:
+    """Confidence Gain ``CG_t = H(p_par,t) - H(p_ctx,t)`` averaged over the answer tokens.
+
+    CK-PLUG (Bi et al. 2025). Positive: the passages made the model more certain; negative:
+    less certain (a knowledge conflict)."""
     return _mean(confidence_gains(x))
 
 
+@_signal(+1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _cg_min(x: SignalInputs) -> float | None:
+    """The lowest Confidence Gain of any answer token."""
     gains = confidence_gains(x)
     return min(gains) if gains else None
 
 
+@_signal(+1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _cg_first(x: SignalInputs) -> float | None:
+    """Confidence Gain at the first answer token."""
     gains = confidence_gains(x)
     return gains[0] if gains else None
 
 
+@_signal(-1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _cg_negative_share(x: SignalInputs) -> float | None:
+    """Share of answer tokens with ``CG_t < 0`` (the paper's condition)."""
     gains = confidence_gains(x)
     return sum(g < 0 for g in gains) / len(gains) if gains else None
 
 
+@_signal(+1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _parametric_agreement(x: SignalInputs) -> float | None:
+    """Share of answer tokens the model would have chosen without the passages.
+
+    That is, the argmax of ``p_par,t`` equals the answer token."""
     if x.parametric is None or not x.contextual.token_ids:
         return None
     pairs = zip(x.parametric.top_ids, x.contextual.token_ids, strict=True)
     return sum(top == tok for top, tok in pairs) / len(x.contextual.token_ids)
 
 
+@_signal(+1, Group.CONFIDENCE_GAIN, Needs.PARAMETRIC)
 def _parametric_logprob(x: SignalInputs) -> float | None:
+    """Mean log-probability of the answer tokens without the passages."""
     return _mean(x.parametric.logprobs) if x.parametric is not None else None
 
 
+@_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _mean_logprob(x: SignalInputs) -> float | None:
+    """Mean log-probability of the answer tokens with the passages."""
     return _mean(x.contextual.logprobs)
 
 
+@_signal(-1, Group.TOKEN, Needs.TOKENS)
 def _mean_entropy(x: SignalInputs) -> float | None:
+    """Mean entropy ``H(p_ctx,t)`` of the answer's next-token distributions."""
     return _mean(x.contextual.entropies)
 
 
+@_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _min_token_prob(x: SignalInputs) -> float | None:
+    """Probability of the least likely answer token."""
     lps = x.contextual.logprobs
     return math.exp(min(lps)) if lps else None
 
 
+@_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _first_token_margin(x: SignalInputs) -> float | None:
+    """Probability gap between the two most likely tokens at the first answer position."""
     return x.contextual.margins[0] if x.contextual.margins else None
 
 
+@_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _self_certainty(x: SignalInputs) -> float | None:
+    """Self-certainty: the mean KL divergence of uniform from each next-token distribution."""
     return _mean(x.contextual.kl_uniform)
 
 
+@_signal(+1, Group.RETRIEVAL, Needs.TEXT)
 def _retrieval_top_score(x: SignalInputs) -> float | None:
+    """Cosine score of the best passage."""
     scores = [p.score for p in x.passages if p.score is not None]
     return max(scores) if scores else None
 
 
+@_signal(+1, Group.RETRIEVAL, Needs.TEXT)
 def _retrieval_margin(x: SignalInputs) -> float | None:
+    """Gap between the cosine scores of the best passage and the second."""
     scores = sorted((p.score for p in x.passages if p.score is not None), reverse=True)
     return scores[0] - scores[1] if len(scores) >= 2 else None
 
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
-
-
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
-
-
-def fold_quotes(text: str) -> str:
-    """Typographic quotes and apostrophes as ASCII ones, so that "Smith\u2019s" reads as
-    "Smith's" (the SQuAD normalisation strips only ASCII punctuation)."""
-    return text.translate(_QUOTES)
-
-
-def contains_phrase(text: str, normalized_phrase: str) -> bool:
-    """Whether the normalised phrase occurs in ``text`` as whole words ("art" is not in
-    "heart"); a trailing "s" is allowed, since normalisation turns "Eiffel's" into "eiffels"."""
-    padded = f" {normalize_answer(fold_quotes(text))} "
-    return f" {normalized_phrase} " in padded or f" {normalized_phrase}s " in padded
-
-
+@_signal(+1, Group.GROUNDING, Needs.TEXT)
 def _answer_in_passages(x: SignalInputs) -> float | None:
+    """1.0 when the normalised answer occurs in a passage, else 0.0."""
     answer = normalize_answer(fold_quotes(x.answer))
     if not answer or not x.passages:
         return None
     return float(any(contains_phrase(p.text, answer) for p in x.passages))
 
 
+@_signal(-1, Group.PROBE, Needs.PROBE, feature=False)
 def _abstain_logprob(x: SignalInputs) -> float | None:
+    """Log-probability of the abstention answer ("unanswerable") under the contextual prompt.
+
+    Scored as a whole continuation: how strongly the model considered saying it has no
+    answer, whatever it then said (read from the generation's prompt cache). Measured only
+    when something needs it (setting ``abstain_probe``): it costs about 13% of a generation
+    and added nothing measurable to the calibrated confidence, so the default calibrator
+    does not read it."""
     return x.abstain_logprob
 
 
+@_signal(-1, Group.TOKEN, Needs.TOKENS)
 def _answer_tokens(x: SignalInputs) -> float | None:
+    """The number of answer tokens."""
     return float(len(x.contextual))
 
 
-_STOP_TEXT = """
-    a an the of in on at to for from by with and or is are was were be been being do does did
-    what which who whom whose when where why how that this these those it its as into than
-    then there their they he she his her him i you we our your not no can could would should
-    may might will shall has have had about after before during over under between through
-    more most other some such only own same so too very just if while also many much any each
-    few both all up down out off again further once here name named called
-    don doesn didn isn wasn weren aren won couldn wouldn shouldn hasn haven hadn"""
-_STOP_WORDS = frozenset(_STOP_TEXT.split())
-_WORD = re.compile(r"[a-z0-9]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_ABBREVIATION = re.compile(
-    r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|No|Nos|Vol|vs|Prof|Gen|Col|Lt|Sgt|Capt|Mt|Ft|Co|"
-    r"Corp|Inc|Ltd|Bros|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|approx|ca|cf|etc|e\.g|"
-    r"i\.e|a\.m|p\.m))\.$"
-)
-
-
-def split_sentences(text: str) -> list[str]:
-    """``text`` cut after ".", "!" or "?" and white space, except after an initial ("U.",
-    "J.") or a common abbreviation ("Dr.", "St.", "No.", "e.g."): "the U.S. Army" stays in
-    one sentence."""
-    sentences: list[str] = []
-    for piece in _SENTENCE_END.split(text):
-        if sentences and _ABBREVIATION.search(sentences[-1]):
-            sentences[-1] = f"{sentences[-1]} {piece}"
-        else:
-            sentences.append(piece)
-    return [s for s in sentences if s.strip()]
-
-
-def _plural(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") else word
-
-
-def _words(text: str) -> list[str]:
-    return [_plural(w) for w in _WORD.findall(fold_quotes(text).lower())]
-
-
-def _tokens(text: str) -> list[str]:
-    """The words of ``text`` after the SQuAD normalisation (so that answer and sentence are
-    cut alike: "$1.5 million" is "15 million" in both)."""
-    return [_plural(w) for w in normalize_answer(fold_quotes(text)).split()]
-
-
-def content_words(text: str) -> list[str]:
-    """Lower-case content words of ``text`` (stop words and one-letter words removed)."""
-    return [w for w in _words(text) if w not in _STOP_WORDS and len(w) > 1]
-
-
+@_signal(+1, Group.GROUNDING, Needs.TEXT)
 def _question_overlap(x: SignalInputs) -> float | None:
+    """Share of the question's content words that occur anywhere in the passages.
+
+    Content words are lower case, stop words removed, a plural "s" ignored. Does the
+    document talk about exactly what was asked? A question about an entity the passages
+    never name scores low."""
     if not x.question_words or not x.passages:
         return None
-    return x.overlap(set(_words(" ".join(p.text for p in x.passages))))
+    return x.overlap(set(split_words(" ".join(p.text for p in x.passages))))
 
 
+@_signal(+1, Group.GROUNDING, Needs.TEXT)
 def _answer_sentence_overlap(x: SignalInputs) -> float | None:
+    """Share of the question's content words in the passage sentence that holds the answer.
+
+    The best such sentence if several do: is the answer drawn from the sentence that
+    addresses the question, or from an unrelated one? None when the answer is not found in a
+    passage. Sentences end at ".", "!" or "?" but not after an initial or a common
+    abbreviation ("U.S.", "Dr."); an answer that spans a sentence end is looked for in pairs
+    of adjacent sentences. Matching folds typographic quotes into ASCII ones."""
     ranked = x.ranked_answer_sentences
     return x.overlap(ranked[0][1]) if ranked else None
 
 
+@_signal(+1, Group.SENTENCE, Needs.TEXT)
 def _answer_sentence_gap(x: SignalInputs) -> float | None:
+    """``answer_sentence_overlap`` minus the highest overlap of any passage sentence.
+
+    0 when the answer comes from the sentence that matches the question best, negative when
+    a better-matching sentence was passed over. None when the answer is not found in a
+    passage."""
     best = _answer_sentence_overlap(x)
     if best is None:
         return None
     return min(0.0, best - max(x.overlap(words) for words in x.sentence_words))
 
 
+@_signal(+1, Group.SENTENCE, Needs.TEXT)
 def _answer_sentence_weighted_overlap(x: SignalInputs) -> float | None:
+    """``answer_sentence_overlap`` with each question word weighted by its rarity.
+
+    A word weighs ``log((n + 1) / (df + 0.5))`` for ``n`` passage sentences, ``df`` of them
+    holding it: the topic word every sentence repeats counts little, the one detail that
+    pins the answer down counts much. None when the answer is not found in a passage."""
     words = x.question_words
     if not x.ranked_answer_sentences:
         return None
@@ -358,16 +388,27 @@ MAX_OCCURRENCES = 5
 """``answer_occurrences`` counts up to this many sentences."""
 
 
+@_signal(-1, Group.SENTENCE, Needs.TEXT)
 def _answer_occurrences(x: SignalInputs) -> float | None:
+    """How many passage sentences hold the answer, counted up to 5.
+
+    A string the passages repeat everywhere is often the topic rather than the answer. None
+    when the answer is not found in a passage."""
     return float(min(len(x.answer_sentences), MAX_OCCURRENCES)) if x.answer_sentences else None
 
 
+@_signal(-1, Group.SENTENCE, Needs.TEXT)
 def _answer_proximity(x: SignalInputs) -> float | None:
+    """Words between the answer and the nearest question word outside it, in its sentence.
+
+    Counted in the answer's best sentence, both cut by the SQuAD normalisation. None when
+    the answer is not found in a passage, and when that sentence holds no question word
+    outside the answer."""
     if not x.ranked_answer_sentences:
         return None
-    tokens = _tokens(x.ranked_answer_sentences[0][0])
-    answer = _tokens(x.answer)
-    asked = {t for t in _tokens(x.question) if t not in _STOP_WORDS and len(t) > 1}
+    tokens = squad_tokens(x.ranked_answer_sentences[0][0])
+    answer = squad_tokens(x.answer)
+    asked = {t for t in squad_tokens(x.question) if t not in STOP_WORDS and len(t) > 1}
     spans = [
         (i, i + len(answer) - 1)
         for i in range(len(tokens) - len(answer) + 1)
@@ -387,25 +428,25 @@ MAX_SIMILARITY_SENTENCES = 3
 that match the question best), whatever the passages repeat."""
 
 
+@_signal(+1, Group.SENTENCE, Needs.EMBEDDER)
 def _answer_sentence_similarity(x: SignalInputs) -> float | None:
+    """Cosine similarity of the question and the answer's sentence under the embedder.
+
+    The best of up to three sentences that hold the answer, under the sentence embedder
+    (all-MiniLM-L6-v2 by default): the lexical overlaps above miss paraphrases. None when
+    the answer is not found in a passage, and without an embedder."""
     ranked = x.ranked_answer_sentences
     if x.similarity is None or not ranked:
         return None
     return max(x.similarity(x.question, [s for s, _ in ranked[:MAX_SIMILARITY_SENTENCES]]))
 
 
-_NEGATION = re.compile(
-    r"\b(?:not|never|none|nor|neither|without|cannot)\b|\bno\b(?!\.?\s*\d)|n['\u2019]t\b"
-)
-"""Negation words; "no" only when not a number sign ("No. 1")."""
-
-
-def negated(text: str) -> bool:
-    """Whether ``text`` holds a negation word (``_NEGATION``)."""
-    return bool(_NEGATION.search(text.lower()))
-
-
+@_signal(-1, Group.SENTENCE, Needs.TEXT)
 def _negation_mismatch(x: SignalInputs) -> float | None:
+    """1.0 when the question is negated and no sentence holding the answer is, else 0.0.
+
+    Negations: "not", "never", "n't", "no" but not "No. 1", ... None when the answer is not
+    found in a passage."""
     if not x.answer_sentences:
         return None
     if not negated(x.question):
@@ -413,65 +454,29 @@ def _negation_mismatch(x: SignalInputs) -> float | None:
     return float(not any(negated(s) for s in x.answer_sentences))
 
 
+@_signal(-1, Group.SENTENCE, Needs.TEXT)
 def _question_negated(x: SignalInputs) -> float | None:
+    """1.0 when the question holds a negation, else 0.0.
+
+    A negated relation is one a small extractive reader tends to ignore. None for an empty
+    question."""
     return float(negated(x.question)) if x.question.strip() else None
 
 
-SIGNALS: Mapping[str, SignalFn] = {
-    "cg_mean": _cg_mean,
-    "cg_min": _cg_min,
-    "cg_first": _cg_first,
-    "cg_negative_share": _cg_negative_share,
-    "parametric_agreement": _parametric_agreement,
-    "parametric_logprob": _parametric_logprob,
-    "mean_logprob": _mean_logprob,
-    "mean_entropy": _mean_entropy,
-    "min_token_prob": _min_token_prob,
-    "first_token_margin": _first_token_margin,
-    "self_certainty": _self_certainty,
-    "retrieval_top_score": _retrieval_top_score,
-    "retrieval_margin": _retrieval_margin,
-    "answer_in_passages": _answer_in_passages,
-    "abstain_logprob": _abstain_logprob,
-    "answer_tokens": _answer_tokens,
-    "question_overlap": _question_overlap,
-    "answer_sentence_overlap": _answer_sentence_overlap,
-    "answer_sentence_gap": _answer_sentence_gap,
-    "answer_sentence_weighted_overlap": _answer_sentence_weighted_overlap,
-    "answer_occurrences": _answer_occurrences,
-    "answer_proximity": _answer_proximity,
-    "answer_sentence_similarity": _answer_sentence_similarity,
-    "negation_mismatch": _negation_mismatch,
-    "question_negated": _question_negated,
-}
+REGISTRY: tuple[Signal, ...] = tuple(_REGISTERED)
+"""Every signal, in the order records and reports list them."""
+
+SIGNALS: Mapping[str, SignalFn] = {s.name: s.compute for s in REGISTRY}
 """The registered signals, by name. Policies may reference exactly these names."""
 
 SIGNAL_NAMES: frozenset[str] = frozenset(SIGNALS)
 
-
-SENTENCE_SIGNALS: tuple[str, ...] = (
-    "answer_sentence_gap",
-    "answer_sentence_weighted_overlap",
-    "answer_occurrences",
-    "answer_proximity",
-    "answer_sentence_similarity",
-    "negation_mismatch",
-    "question_negated",
-)
-"""The signals that take a closer look at the answer's sentence (see the module docstring)."""
-
 TEXT_SIGNALS: frozenset[str] = frozenset(
-    {
-        "question_overlap",
-        "answer_sentence_overlap",
-        *SENTENCE_SIGNALS,
-        "answer_in_passages",
-        "retrieval_top_score",
-        "retrieval_margin",
-    }
+    s.name for s in REGISTRY if s.needs in (Needs.TEXT, Needs.EMBEDDER)
 )
 """Signals computed from text, retrieval scores and the sentence embedder alone (no model
-output but the answer)."""
+output but the answer): they cost little next to the model and can be recomputed from a
+stored answer at any time."""
 
 
 def compute_signals(inputs: SignalInputs) -> dict[str, float | None]:
@@ -490,3 +495,21 @@ def compute_text_signals(
         answer, TokenStats.empty(), None, passages, question=question, similarity=similarity
     )
     return {name: SIGNALS[name](inputs) for name in sorted(TEXT_SIGNALS)}
+
+
+def signal_table_markdown() -> str:
+    """The registry as a Markdown table: name, one-line summary, direction and needs."""
+    rows = [
+        "| Signal | Measures | Direction | Needs |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| `{s.name}` | {_markdown_cell(s.summary)} | {s.direction:+d} | {s.needs.value} |"
+            for s in REGISTRY
+        ),
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    """reStructuredText literals as Markdown ones; a "|" escaped."""
+    return text.replace("``", "`").replace("|", "\\|")

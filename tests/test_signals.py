@@ -25,8 +25,8 @@ from guardrail.signals import (
     compute_text_signals,
     confidence_gains,
     embedder_similarity,
-    normalize_answer,
 )
+from guardrail.text import normalize_answer
 from guardrail.types import TokenStats
 from retrievers import HashingEmbedder, Passage
 

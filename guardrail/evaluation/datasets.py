@@ -21,7 +21,7 @@ from typing import Any
 
 from guardrail.errors import GuardrailError
 from guardrail.jsonl import iter_objects
-from guardrail.signals import negated
+from guardrail.text import negated
 from retrievers import Passage
 
 

@@ -4,9 +4,9 @@ scored side by side on one set of records, written as JSON, Markdown and PNG plo
 Correctness of a *response* (``outcome``): a right answer, or an abstention on an
 unanswerable question. AUROC, AURC and PRR rank responses by a score for that outcome; the
 "answered-only" AUROC ranks only the responses where the model answered, by whether the
-answer is right. Each single signal enters with a direction fixed in advance (``DIRECTIONS``:
-+1 when a higher value should mean a better answer), never fitted on the data it is scored on;
-a missing value ranks last.
+answer is right. Each single signal enters with a direction fixed in advance (``DIRECTIONS``,
+read from ``guardrail.signals.REGISTRY``: +1 when a higher value should mean a better answer),
+never fitted on the data it is scored on; a missing value ranks last.
 
 Risk control is scored on the answers: at a threshold ``t`` the system answers when the model
 did not abstain and the calibrated confidence is ``>= t``; the error among answered is the
@@ -29,34 +29,9 @@ from guardrail.calibration import ABSTAINED, LogisticCalibrator
 from guardrail.evaluation import metrics
 from guardrail.evaluation.runner import Record, sampling_agreement
 from guardrail.risk import RiskControl, realised
+from guardrail.signals import REGISTRY
 
-DIRECTIONS: Mapping[str, int] = {
-    "cg_mean": 1,
-    "cg_min": 1,
-    "cg_first": 1,
-    "cg_negative_share": -1,
-    "parametric_agreement": 1,
-    "parametric_logprob": 1,
-    "mean_logprob": 1,
-    "mean_entropy": -1,
-    "min_token_prob": 1,
-    "first_token_margin": 1,
-    "self_certainty": 1,
-    "retrieval_top_score": 1,
-    "retrieval_margin": 1,
-    "answer_in_passages": 1,
-    "abstain_logprob": -1,
-    "answer_tokens": -1,
-    "question_overlap": 1,
-    "answer_sentence_overlap": 1,
-    "answer_sentence_gap": 1,
-    "answer_sentence_weighted_overlap": 1,
-    "answer_occurrences": -1,
-    "answer_proximity": -1,
-    "answer_sentence_similarity": 1,
-    "negation_mismatch": -1,
-    "question_negated": -1,
-}
+DIRECTIONS: Mapping[str, int] = {s.name: s.direction for s in REGISTRY}
 """A priori direction of each signal: +1 when higher should mean more likely right."""
 
 COVERAGES = (0.2, 0.4, 0.6, 0.8, 1.0)

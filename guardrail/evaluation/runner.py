@@ -29,7 +29,8 @@ from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, o
 from guardrail.pipeline import ABSTAIN_SIGNAL, Assessed, Guardrail
 from guardrail.policy_runtime import ConfidenceScorer
 from guardrail.prompts import prompt_for
-from guardrail.signals import compute_text_signals, normalize_answer
+from guardrail.signals import compute_text_signals
+from guardrail.text import normalize_answer
 from guardrail.types import Generation, TokenStats
 from retrievers import Passage
 

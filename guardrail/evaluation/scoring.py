@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from guardrail.signals import normalize_answer
+from guardrail.text import normalize_answer
 
 F1_THRESHOLD = 0.5
 
