@@ -316,8 +316,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None) or _run_evaluation_command
     try:
         return int(func(args))
+    except PolicyError as exc:
+        # Each problem on its own line as FILE:LINE:COLUMN: message, the form editors jump
+        # to; a problem in no file (an unknown bundled name) reads like any other error.
+        for issue in exc.errors:
+            text = issue.format(exc.source)
+            if not (issue.source or exc.source):
+                text = f"guardrail: error: {text}"
+            print(text, file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
-        # One line, whatever the error: several policy problems are joined with "; ".
+        # Exactly one line, whatever the message holds.
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"guardrail: error: {message}", file=sys.stderr)
         return 2

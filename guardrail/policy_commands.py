@@ -23,7 +23,7 @@ from guardrail.decision_log import read_records
 from guardrail.errors import ConfigError
 from guardrail.policy_runtime import load_policies, policy_path, scorer_for
 from guardrail.signals import SIGNAL_NAMES
-from policies import Assessment, Policy, PolicyError
+from policies import Assessment, Policy
 from policies.decide import trace
 from policies.errors import did_you_mean
 from policies.json_schema import policy_json_schema
@@ -49,19 +49,9 @@ def _pick(policies: PolicySet, tenant: str | None) -> Policy:
     return policies.tenants[tenant]
 
 
-def _report_policy_error(exc: PolicyError) -> int:
-    """Every problem on its own line (file, line, column: message); exit status 2."""
-    for line in str(exc).splitlines():
-        print(f"guardrail: error: {line}", file=sys.stderr)
-    return 2
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a policy file (its base, its tenants) and print the merged result."""
-    try:
-        path, policies = _load(args.file)
-    except PolicyError as exc:
-        return _report_policy_error(exc)
+    path, policies = _load(args.file)
     policy = _pick(policies, args.tenant)
     tenants = ", ".join(f"{name} ({p.content_hash})" for name, p in policies.tenants.items())
     print(
@@ -139,10 +129,7 @@ def assessment_from(data: Mapping[str, Any], policy: Policy, folder: Path) -> As
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Which rule of the policy fires on the given signals, and why."""
-    try:
-        path, policies = _load(args.file)
-    except PolicyError as exc:
-        return _report_policy_error(exc)
+    path, policies = _load(args.file)
     data = _signals_argument(args.signals)
     notes: list[str] = []
     if args.tenant is not None:

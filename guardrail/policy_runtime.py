@@ -15,8 +15,9 @@ from guardrail.assessment import FLAG_NAMES, HeuristicConfidence
 from guardrail.errors import ConfigError
 from guardrail.signals import SIGNAL_NAMES
 from policies import Policy, PolicyError, bundled_policy_path
+from policies.certification import RiskResolver, certify
 from policies.loader import PolicySet, load_policy_set
-from policies.schema import Certificate, RiskResolver, RiskTarget, Thresholds
+from policies.schema import Certificate, RiskTarget, Thresholds
 
 
 class ConfidenceScorer(Protocol):
@@ -132,13 +133,9 @@ def scorer_for(policy: Policy, folder: Path) -> ConfidenceScorer:
 
 def load_policies(path: Path) -> PolicySet:
     """Every policy of a file (base and tenants), validated against the signals this version
-    measures, with risk targets certified."""
-    return load_policy_set(
-        path,
-        signal_names=SIGNAL_NAMES,
-        flag_names=FLAG_NAMES,
-        resolve_risk=risk_resolver(path.parent),
-    )
+    measures (a pure load), then its risk targets certified from their calibrators."""
+    loaded = load_policy_set(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+    return certify(loaded, risk_resolver(path.parent))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 from policies._layers import Layered, locate
 from policies.conditions import CONDITION_TAGS
 from policies.errors import PolicyIssue, did_you_mean
-from policies.schema import Policy
+from policies.schema import Policy, thresholds_model
 
 Loc = tuple[str | int, ...]
 
@@ -104,6 +104,9 @@ def issue_from_error(error: ErrorDetails, layered: Layered, prefix: str = "") ->
     if kind == "extra_forbidden":
         key = str(loc[-1])
         model = _model_at(loc[:-1])
+        if model is None and _strip_tags(loc[:-1]) == ("thresholds",):
+            # Thresholds are numbers or a risk target; the value's keys tell which it meant.
+            model = thresholds_model(layered.data.get("thresholds"))
         valid = [f.alias or name for name, f in model.model_fields.items()] if model else []
         message = f"unknown key {key!r}" + (f" in {where}" if where else "")
         if valid:

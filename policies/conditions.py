@@ -8,7 +8,7 @@ when the validation context supplies the valid ones (see :func:`validation_conte
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from typing import Annotated, Any
 
 from pydantic import (
@@ -39,17 +39,12 @@ Text = Annotated[str, Field(strict=True)]
 def validation_context(
     signal_names: Collection[str],
     flag_names: Collection[str],
-    resolve_risk: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """The pydantic validation context that makes a policy check its signal and flag names
-    (and certify risk-target thresholds with ``resolve_risk``, when given)."""
-    context: dict[str, Any] = {
+    """The pydantic validation context that makes a policy check its signal and flag names."""
+    return {
         "signal_names": frozenset(signal_names),
         "flag_names": frozenset(flag_names),
     }
-    if resolve_risk is not None:
-        context["resolve_risk"] = resolve_risk
-    return context
 
 
 def _context_names(info: ValidationInfo, key: str) -> frozenset[str] | None:

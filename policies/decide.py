@@ -1,7 +1,8 @@
 """The decision function: a policy applied to an assessment.
 
 :func:`decide` is pure: no I/O, no clock, no randomness; the same inputs always give the same
-decision, reasons included.
+decision, reasons included. It needs numbers to compare the confidence with: a policy whose
+thresholds are a risk target must be certified first (:func:`policies.certification.certify`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def decide(assessment: Assessment, policy: Policy) -> Decision:
 
     Reasons list the rule's own reason (if it has one), then the conditions that decided the
     outcome, then the earlier rules that did not match because a signal had no value.
+    Raises :class:`~policies.errors.PolicyNotCertifiedError` for a risk target not certified.
     """
+    thresholds = policy.decision_thresholds()
     notes: list[str] = []
     for rule in policy.rules:
         outcome = _evaluate(rule.when, assessment)
@@ -57,7 +60,6 @@ def decide(assessment: Assessment, policy: Policy) -> Decision:
             lacking = ", ".join(dict.fromkeys(outcome.missing))
             notes.append(f"rule {rule.name!r} did not match; it had no value for {lacking}")
 
-    thresholds = policy.thresholds
     certificate = thresholds.certified
     answer_ok = certificate is None or certificate.answer_feasible
     hedge_ok = certificate is None or certificate.hedge_feasible

@@ -1,16 +1,20 @@
-"""Errors raised while finding, reading and validating policies.
+"""Errors raised while finding, reading, validating, certifying and applying policies.
 
 Hierarchy::
 
     PolicyError                    root: catch this to handle any policy problem
     ├── PolicyLoadError            the text could not be read or parsed (I/O, encoding, YAML syntax)
     │   └── PolicyNotFoundError    no bundled policy has the requested name
-    └── PolicyValidationError      the YAML parsed but is not a valid policy (schema, names)
+    ├── PolicyValidationError      the YAML parsed but is not a valid policy (schema, names), or
+    │                              its risk target could not be certified
+    └── PolicyNotCertifiedError    a decision was asked of a policy whose risk target is not
+                                   certified yet
 
 Every error carries a list of :class:`PolicyIssue` (line, column, message); ``str()`` gives one
-issue per line, prefixed with the source and position, for example::
+issue per line in the form linters print (``FILE:LINE:COLUMN: message``), which editors and
+terminals turn into links, for example::
 
-    policy.yaml line 12, column 13: unknown action 'refuse'; valid actions: answer, hedge, ...
+    policy.yaml:12:13: unknown action 'refuse'; valid actions: answer, hedge, ...
 """
 
 from __future__ import annotations
@@ -36,13 +40,18 @@ class PolicyIssue(NamedTuple):
     source: str | None = None
 
     def format(self, source: str | None) -> str:
-        """Render as ``"<source> line L, column C: message"``, leaving out what is unknown."""
-        where = self.source or source or ""
+        """Render as ``"FILE:LINE:COLUMN: message"``; ``"FILE:LINE: message"`` without a
+        column, ``"FILE: message"`` without a line, the bare message without a file."""
+        # One line per issue, whatever the message holds.
+        message = " ".join(line.strip() for line in self.message.splitlines() if line.strip())
+        where = self.source or source
+        if not where:
+            return message
         if self.line is not None:
-            where = f"{where} line {self.line}".lstrip()
+            where += f":{self.line}"
             if self.column is not None:
-                where += f", column {self.column}"
-        return f"{where}: {self.message}" if where else self.message
+                where += f":{self.column}"
+        return f"{where}: {message}"
 
 
 class PolicyError(Exception):
@@ -68,4 +77,10 @@ class PolicyNotFoundError(PolicyLoadError):
 
 
 class PolicyValidationError(PolicyError):
-    """The YAML is well-formed but does not describe a valid policy."""
+    """The YAML is well-formed but does not describe a valid policy (or its risk target
+    could not be certified)."""
+
+
+class PolicyNotCertifiedError(PolicyError):
+    """The policy's thresholds are a risk target that was never certified: certify the
+    policies after loading them (:func:`policies.certification.certify`)."""

@@ -2,13 +2,17 @@
 
 Every problem is reported with its file, line and column, and all problems found are reported
 together in one :class:`~policies.errors.PolicyError`.
+
+Loading is pure: it reads the policy files and nothing else. Thresholds given as a risk target
+load as an uncertified :class:`~policies.schema.RiskTarget`; certifying them is the caller's
+next step, :func:`policies.certification.certify` (guardrail's ``load_policies`` runs both).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies._layers import Layered, Origin, merge
+from policies._layers import Layered, Loc, Origin, locate, merge
 from policies._yaml_errors import issue_from_error, position, shown
 from policies.conditions import _NAME_CHARS, validation_context
 from policies.errors import (
@@ -26,7 +30,7 @@ from policies.errors import (
     PolicyValidationError,
     did_you_mean,
 )
-from policies.schema import SUPPORTED_VERSIONS, Policy, RiskResolver
+from policies.schema import SUPPORTED_VERSIONS, Policy
 
 _BUNDLED_DIR = "bundled"
 _SUFFIX = ".yaml"
@@ -43,6 +47,9 @@ class PolicySet:
     base: Policy
     tenants: Mapping[str, Policy]
     source: str
+    layers: Mapping[str | None, Layered] = field(default_factory=dict, repr=False, compare=False)
+    """The merged document each policy was validated from (base under ``None``), which knows
+    where every value was written; empty for policies built in memory."""
 
     def policy_for(self, tenant: str | None) -> Policy:
         """The tenant's policy; the base policy for ``None`` or a tenant without overrides."""
@@ -56,24 +63,32 @@ class PolicySet:
         every.update(self.tenants)
         return every
 
+    def issue(self, tenant: str | None, loc: Loc, message: str) -> PolicyIssue:
+        """An issue about the value at ``loc`` in the tenant's policy (the base for ``None``),
+        positioned where that value was written (no position when that is unknown)."""
+        layered = self.layers.get(tenant)
+        if layered is None:
+            return PolicyIssue(None, None, message)
+        source, line, column = locate(layered, loc)
+        return PolicyIssue(line, column, message, source)
+
 
 def load_policy_set(
     path: str | Path,
     *,
     signal_names: Collection[str],
     flag_names: Collection[str],
-    resolve_risk: RiskResolver | None = None,
 ) -> PolicySet:
     """Read and validate the policy file at ``path`` with its base (``extends``) and tenants.
 
     ``signal_names`` and ``flag_names`` are the signals and flags the caller can measure;
     rules that reference any other name are rejected (``confidence`` is always valid).
-    ``resolve_risk`` certifies thresholds given as a risk target (see
-    :class:`~policies.schema.RiskTarget`); without it such a policy is an error.
+    Thresholds given as a risk target are validated but not certified: pass the result to
+    :func:`~policies.certification.certify` before deciding with it.
     Raises :class:`PolicyLoadError` if a file cannot be read or parsed, and
     :class:`PolicyValidationError` if the result is not valid, listing every problem found.
     """
-    loader = _Loader(signal_names, flag_names, resolve_risk)
+    loader = _Loader(signal_names, flag_names)
     path = Path(path)
     merged = loader.resolve(loader.read(path), str(path), path.parent, ())
     return loader.finish(merged, str(path))
@@ -86,11 +101,10 @@ def parse_policy_set(
     base_dir: str | Path = ".",
     signal_names: Collection[str],
     flag_names: Collection[str],
-    resolve_risk: RiskResolver | None = None,
 ) -> PolicySet:
     """Validate policy YAML given as text; ``source`` names it in error messages and a
     relative ``extends`` path is resolved against ``base_dir``."""
-    loader = _Loader(signal_names, flag_names, resolve_risk)
+    loader = _Loader(signal_names, flag_names)
     return loader.finish(loader.resolve(text, source, Path(base_dir), ()), source)
 
 
@@ -99,12 +113,9 @@ def load_policy(
     *,
     signal_names: Collection[str],
     flag_names: Collection[str],
-    resolve_risk: RiskResolver | None = None,
 ) -> Policy:
     """The base policy of the file at ``path`` (see :func:`load_policy_set`)."""
-    return load_policy_set(
-        path, signal_names=signal_names, flag_names=flag_names, resolve_risk=resolve_risk
-    ).base
+    return load_policy_set(path, signal_names=signal_names, flag_names=flag_names).base
 
 
 def parse_policy(
@@ -126,13 +137,8 @@ _EXTENDS_HELP = "the name of a bundled policy or the path of a policy file (rela
 class _Loader:
     """One load: reads documents, follows ``extends``, merges tenants, collects every issue."""
 
-    def __init__(
-        self,
-        signal_names: Collection[str],
-        flag_names: Collection[str],
-        resolve_risk: RiskResolver | None = None,
-    ) -> None:
-        self.context = validation_context(signal_names, flag_names, resolve_risk)
+    def __init__(self, signal_names: Collection[str], flag_names: Collection[str]) -> None:
+        self.context = validation_context(signal_names, flag_names)
         self.issues: list[PolicyIssue] = []
 
     @staticmethod
@@ -226,6 +232,7 @@ class _Loader:
         raw_tenants, tenants = merged.pop("tenants")
         base = self.validate(merged, "")
         policies: dict[str, Policy] = {}
+        layers: dict[str | None, Layered] = {None: merged}
         if raw_tenants is not None and tenants is None:
             self._issue(
                 tenants_origin,
@@ -249,14 +256,11 @@ class _Loader:
                 policy = self.validate(layered, f"tenant {name!r}: ")
                 if policy is not None:
                     policies[str(name)] = policy
+                    layers[str(name)] = layered
         if self.issues:
-            issues = list(dict.fromkeys(self.issues))
-            issues.sort(
-                key=lambda i: (i.source != source, i.source or "", i.line or 0, i.column or 0)
-            )
-            raise PolicyValidationError(issues, source=source)
+            raise validation_error(self.issues, source)
         assert base is not None
-        return PolicySet(base=base, tenants=policies, source=source)
+        return PolicySet(base=base, tenants=policies, source=source, layers=layers)
 
     def tenant(
         self, name: str, tenants: Layered, base: Layered, chain: tuple[str, ...]
@@ -317,6 +321,16 @@ class _Loader:
                 if issue not in seen:
                     self.issues.append(issue._replace(message=prefix + issue.message))
             return None
+
+
+def validation_error(issues: Iterable[PolicyIssue], source: str) -> PolicyValidationError:
+    """One error listing every distinct issue, the loaded file's own first, each file's in
+    order of position."""
+    ordered = sorted(
+        dict.fromkeys(issues),
+        key=lambda i: (i.source != source, i.source or "", i.line or 0, i.column or 0),
+    )
+    return PolicyValidationError(ordered, source=source)
 
 
 def bundled_policy_path(name: str) -> Path:

@@ -9,6 +9,8 @@ Validate untrusted data with the names of the signals and flags the caller can m
     Policy.model_validate(data, context=validation_context(signal_names, flag_names))
 
 :func:`policies.loader.parse_policy` does this and turns errors into file positions.
+Validation is pure: thresholds given as a risk target stay a :class:`RiskTarget` until the
+caller certifies them with :func:`policies.certification.certify`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -38,7 +40,7 @@ from policies.conditions import (
     _error,
     _Model,
 )
-from policies.errors import did_you_mean
+from policies.errors import PolicyNotCertifiedError, did_you_mean
 from policies.types import Action
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -62,11 +64,6 @@ DEFAULT_ESCALATION_TARGETS: tuple[str, ...] = ("larger",)
 
 Score = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(strict=False, gt=0.0, lt=1.0, allow_inf_nan=False)]
-
-
-def _braces(text: str) -> str:
-    """Text safe for a pydantic error message (it substitutes ``{name}`` placeholders)."""
-    return text.replace("{", "(").replace("}", ")")
 
 
 def _to_action(value: Any, allowed: tuple[Action, ...], field: str = "") -> Any:
@@ -128,9 +125,11 @@ class RiskTarget(_Model):
 
     ``max_error_rate`` (and optionally ``hedge_max_error_rate`` for the hedge band) is the
     error among answered questions that must not be exceeded with probability ``1 - delta``.
-    The numbers are certified when the policy is loaded, from the certification data stored
-    in the calibrator artifact that the policy's ``calibration`` block names (written by
-    ``guardrail calibrate``); when no threshold meets the target, everything is deferred.
+    Loading keeps the target as it is; :func:`policies.certification.certify` (run by
+    guardrail right after loading) turns it into certified :class:`Thresholds` from the
+    certification data stored in the calibrator artifact that the policy's ``calibration``
+    block names (written by ``guardrail calibrate``); when no threshold meets the target,
+    everything is deferred.
     """
 
     max_error_rate: Rate
@@ -159,8 +158,12 @@ class RiskTarget(_Model):
         return self
 
 
-RiskResolver = Callable[[RiskTarget, str], "Thresholds"]
-"""Turns a risk target and the calibrator path of the policy into certified thresholds."""
+def thresholds_model(value: Any) -> type[Thresholds] | type[RiskTarget]:
+    """The model a ``thresholds`` value is validated with: a mapping with ``max_error_rate``
+    is a risk target, anything else fixed numbers."""
+    if isinstance(value, Thresholds | RiskTarget):
+        return type(value)
+    return RiskTarget if isinstance(value, dict) and "max_error_rate" in value else Thresholds
 
 
 class Rule(_Model):
@@ -362,7 +365,8 @@ class Policy(_Model):
     description: Text = ""
     mode: Literal["enforce", "shadow"] = "enforce"
     """``shadow``: decide and record, but pass the model's answer through unchanged."""
-    thresholds: Thresholds
+    thresholds: Thresholds | RiskTarget
+    """Fixed numbers, or a risk target that is not certified yet (see :class:`RiskTarget`)."""
     rules: tuple[Rule, ...] = ()
     actions: ActionSettings = Field(default_factory=ActionSettings)
     calibration: CalibrationSettings | None = None
@@ -371,15 +375,16 @@ class Policy(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _risk_target(cls, data: Any, info: ValidationInfo) -> Any:
-        """Certify thresholds given as a risk target (through the context's resolver)."""
+    def _risk_target(cls, data: Any) -> Any:
+        """A risk target names the calibrator it is certified with; certifying is not done
+        here (validation is pure) but by :func:`policies.certification.certify`."""
         if not isinstance(data, dict):
             return data
-        thresholds = data.get("thresholds")
-        if not isinstance(thresholds, dict) or "max_error_rate" not in thresholds:
-            return data
-        target = RiskTarget.model_validate(thresholds)
         calibration = data.get("calibration")
+        if thresholds_model(data.get("thresholds")) is Thresholds or isinstance(
+            calibration, CalibrationSettings
+        ):
+            return data
         calibrator = calibration.get("calibrator") if isinstance(calibration, dict) else None
         if not isinstance(calibrator, str):
             raise _error(
@@ -389,21 +394,16 @@ class Policy(_Model):
                 "with (calibration: {calibrator: FILE, ...}; `guardrail calibrate` writes one)",
                 at=("thresholds",),
             )
-        context = info.context if isinstance(info.context, dict) else {}
-        resolve = context.get("resolve_risk")
-        if resolve is None:
-            raise _error(
-                "risk_target_unresolved",
-                "thresholds given as a risk target can only be certified where calibrators "
-                "can be read: load this policy through guardrail (the CLI, the service or "
-                "guardrail.pipeline.load_policy_setting)",
-                at=("thresholds",),
-            )
-        try:
-            certified = resolve(target, calibrator)
-        except (ValueError, OSError) as exc:
-            raise _error("risk_target_failed", _braces(str(exc)), at=("thresholds",)) from None
-        return {**data, "thresholds": certified}
+        return data
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: Any, info: ValidationInfo) -> Any:
+        """A mapping with ``max_error_rate`` is a risk target, anything else fixed numbers;
+        validated against that one model so that errors do not list both."""
+        if isinstance(value, Thresholds | RiskTarget):
+            return value
+        return thresholds_model(value).model_validate(value, context=info.context)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -453,6 +453,21 @@ class Policy(_Model):
         Formatting, comments, key order and spelled-out defaults do not change it.
         """
         return self._content_hash
+
+    def decision_thresholds(self) -> Thresholds:
+        """The numbers decisions compare the confidence with: the fixed thresholds, or those
+        certified for a risk target. Raises :class:`~policies.errors.PolicyNotCertifiedError`
+        while the thresholds are a risk target that was not certified."""
+        thresholds = self.thresholds
+        if isinstance(thresholds, RiskTarget):
+            raise PolicyNotCertifiedError(
+                f"policy {self.name!r} gives its thresholds as a risk target (max_error_rate "
+                f"{thresholds.max_error_rate:g}, delta {thresholds.delta:g}) that is not "
+                "certified, so there are no thresholds to decide with; certify the loaded "
+                "policies first: policies.certify(policy_set, resolve), or load them with "
+                "guardrail.policy_runtime.load_policies, which does"
+            )
+        return thresholds
 
     def _leaves(self) -> Iterator[SignalCondition | FlagCondition]:
         for rule in self.rules:

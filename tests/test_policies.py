@@ -16,7 +16,9 @@ from policies import (
     Decision,
     Policy,
     PolicyError,
+    PolicyIssue,
     PolicyLoadError,
+    PolicyNotCertifiedError,
     PolicyNotFoundError,
     PolicyValidationError,
     bundled_policy_path,
@@ -604,7 +606,7 @@ def test_broken_policies_report_message_and_line(
     ]
     assert matching, str(caught.value)
     assert matching[0].line == line, str(caught.value)
-    assert f"policy.yaml line {line}, column {matching[0].column}: " in str(caught.value)
+    assert f"policy.yaml:{line}:{matching[0].column}: " in str(caught.value)
 
 
 def test_error_classes() -> None:
@@ -615,6 +617,25 @@ def test_error_classes() -> None:
     assert issubclass(PolicyNotFoundError, PolicyLoadError)
     assert issubclass(PolicyLoadError, PolicyError)
     assert issubclass(PolicyValidationError, PolicyError)
+    assert issubclass(PolicyNotCertifiedError, PolicyError)
+
+
+@pytest.mark.parametrize(
+    ("issue", "source", "shown"),
+    [
+        (PolicyIssue(12, 13, "bad"), "p.yaml", "p.yaml:12:13: bad"),
+        (PolicyIssue(12, None, "bad"), "p.yaml", "p.yaml:12: bad"),
+        (PolicyIssue(None, None, "bad"), "p.yaml", "p.yaml: bad"),
+        (PolicyIssue(12, 13, "bad"), None, "bad"),
+        (PolicyIssue(2, 1, "bad", "base.yaml"), "p.yaml", "base.yaml:2:1: bad"),
+        (PolicyIssue(2, 1, "two\nlines"), "p.yaml", "p.yaml:2:1: two lines"),
+    ],
+)
+def test_issues_print_in_the_linter_form(
+    issue: PolicyIssue, source: str | None, shown: str
+) -> None:
+    assert issue.format(source) == shown
+    assert str(PolicyError([issue, issue], source=source)) == f"{shown}\n{shown}"
 
 
 def test_all_errors_are_collected_in_line_order() -> None:
@@ -631,7 +652,7 @@ def test_all_errors_are_collected_in_line_order() -> None:
     lines = [issue.line for issue in caught.value.errors]
     assert lines == [3, 6, 7, 9]
     assert str(caught.value).count("\n") == 3
-    assert str(caught.value).splitlines()[1].startswith("p.yaml line 6, column 20: unknown signal")
+    assert str(caught.value).splitlines()[1].startswith("p.yaml:6:20: unknown signal")
 
 
 def test_load_policy_reads_files_and_names_them_in_errors(tmp_path: Path) -> None:
@@ -643,9 +664,7 @@ def test_load_policy_reads_files_and_names_them_in_errors(tmp_path: Path) -> Non
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID_HEAD + "rulez: []\n", encoding="utf-8")
-    with pytest.raises(
-        PolicyValidationError, match=rf"^{bad} line 4, column 1: unknown key 'rulez'"
-    ):
+    with pytest.raises(PolicyValidationError, match=rf"^{bad}:4:1: unknown key 'rulez'"):
         load_policy(bad, signal_names=SIGNALS, flag_names=FLAGS)
 
     with pytest.raises(PolicyLoadError, match="cannot read the policy file"):

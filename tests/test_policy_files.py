@@ -3,9 +3,12 @@ thresholds given as a risk target."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]
@@ -15,11 +18,21 @@ import yaml
 
 from guardrail.assessment import FLAG_NAMES
 from guardrail.calibration import LogisticCalibrator
-from guardrail.policy_runtime import load_policies
+from guardrail.policy_runtime import load_policies, risk_resolver
 from guardrail.signals import SIGNAL_NAMES
-from policies import Action, Assessment, PolicyError, bundled_policy_path, decide
+from policies import (
+    Action,
+    Assessment,
+    PolicyError,
+    PolicyNotCertifiedError,
+    PolicyValidationError,
+    bundled_policy_path,
+    certify,
+    decide,
+)
 from policies.json_schema import policy_json_schema
 from policies.loader import load_policy_set, parse_policy_set
+from policies.schema import Certificate, RiskTarget, Thresholds
 
 BROKEN = Path(__file__).parent / "fixtures" / "policies" / "broken"
 BASE = """\
@@ -162,7 +175,7 @@ def test_broken_policy_corpus(path: Path) -> None:
     assert Path(issue.source or str(path)).name == (in_file or path.name)
     # Every line of the message names a file and a position.
     for text in str(caught.value).splitlines():
-        assert re.match(r"\S+\.yaml line \d+, column \d+: ", text), text
+        assert re.match(r"\S+\.yaml:\d+:\d+: ", text), text
 
 
 # --------------------------------------------------------------------------- JSON Schema
@@ -263,23 +276,153 @@ def test_a_risk_target_needs_certification_data(tmp_path: Path) -> None:
         [{"mean_logprob": v} for v in (-1.0, -0.5, 0.5, 1.0)], [False, False, True, True]
     )
     calibrator.save(tmp_path / "cal.json")
-    with pytest.raises(PolicyError) as caught:
-        load_policies(write(tmp_path, "risky.yaml", RISK_POLICY))
+    path = write(tmp_path, "risky.yaml", RISK_POLICY)
+    with pytest.raises(PolicyValidationError) as caught:
+        load_policies(path)
     assert "holds no certification data" in str(caught.value)
-    assert "risky.yaml line 3" in str(caught.value)
-    # Without guardrail's resolver the loader says where such a policy can be loaded.
-    with pytest.raises(PolicyError, match="can only be certified where calibrators"):
-        parse_policy_set(RISK_POLICY, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+    # Certification failed, so the error points at the thresholds it was certifying.
+    assert str(caught.value).startswith(f"{path}:3:13: calibrator ")
+
+
+def test_a_risk_target_loads_uncertified_reading_nothing_but_the_yaml(tmp_path: Path) -> None:
+    """Loading is pure: the calibrator a risk target names is not even opened."""
+    path = write(tmp_path, "risky.yaml", RISK_POLICY)
+    (tmp_path / "cal.json").write_text("not a calibrator", encoding="utf-8")
+    opened: list[str] = []
+    with _recording_opened_files(opened):
+        policy = load_policy_set(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES).base
+    assert opened == [str(path)]
+    assert policy.thresholds == RiskTarget(max_error_rate=0.1, delta=0.1, hedge_max_error_rate=0.3)
+    assert policy.calibration is not None and policy.calibration.calibrator == "cal.json"
+    # The same from text, with no file and no calibrator anywhere.
+    parsed = parse_policy_set(RISK_POLICY, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+    assert parsed.base.thresholds == policy.thresholds
+
+
+_OPENING: list[list[str]] = []
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _OPENING and isinstance(args[0], str | Path):
+        _OPENING[-1].append(str(args[0]))
+
+
+@contextlib.contextmanager
+def _recording_opened_files(opened: list[str]) -> Iterator[None]:
+    """Every file opened inside the block is appended to ``opened`` (an audit hook cannot be
+    removed, so one hook records into whichever list is active)."""
+    if not hasattr(_audit, "installed"):
+        sys.addaudithook(_audit)
+        _audit.installed = True  # type: ignore[attr-defined]
+    _OPENING.append(opened)
+    try:
+        yield
+    finally:
+        _OPENING.pop()
+
+
+def test_decide_refuses_a_policy_whose_risk_target_is_not_certified() -> None:
+    policy = parse_policy_set(RISK_POLICY, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES).base
+    for confidence in (0.0, 1.0):
+        with pytest.raises(PolicyNotCertifiedError, match="certify the loaded policies first"):
+            decide(Assessment(confidence, {}), policy)
+
+
+CERTIFIED = Thresholds(
+    answer=0.7,
+    hedge=0.4,
+    otherwise=Action.DEFER,
+    certified=Certificate(
+        max_error_rate=0.1,
+        delta=0.1,
+        answer_feasible=True,
+        hedge_feasible=True,
+        message="certified on test data",
+    ),
+)
+TENANTS = """\
+tenants:
+  inherits: {mode: shadow}
+  own: {thresholds: {max_error_rate: 0.2}}
+"""
+
+
+def test_certify_replaces_each_risk_target_with_what_the_resolver_certifies() -> None:
+    """certify is pure: it calls the caller's resolver once per distinct target."""
+    loaded = parse_policy_set(
+        RISK_POLICY + TENANTS, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES
+    )
+    asked: list[tuple[RiskTarget, str]] = []
+
+    def resolve(target: RiskTarget, calibrator: str) -> Thresholds:
+        asked.append((target, calibrator))
+        return CERTIFIED.model_copy(update={"answer": 1 - target.max_error_rate})
+
+    policies = certify(loaded, resolve)
+    assert [target.max_error_rate for target, _ in asked] == [0.1, 0.2]
+    assert {calibrator for _, calibrator in asked} == {"cal.json"}
+    assert policies.base.thresholds == CERTIFIED.model_copy(update={"answer": 0.9})
+    assert policies.tenants["inherits"].thresholds == policies.base.thresholds
+    assert policies.tenants["own"].thresholds == CERTIFIED.model_copy(update={"answer": 0.8})
+    # Fixed numbers need no certificate: such policies come back as they were.
+    fixed = load_policy_set(
+        bundled_policy_path("support-bot"), signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES
+    )
+    assert certify(fixed, resolve).all() == fixed.all() and len(asked) == 2
+    # The certified policy is the policy validated with the certified numbers.
+    written = RISK_POLICY.replace(
+        "{max_error_rate: 0.1, delta: 0.1, hedge_max_error_rate: 0.3}",
+        json.dumps(CERTIFIED.model_copy(update={"answer": 0.9}).model_dump(mode="json")),
+    )
+    direct = parse_policy_set(written, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES).base
+    assert policies.base == direct and policies.base.content_hash == direct.content_hash
+    assert decide(Assessment(0.95, {}), policies.base).action is Action.ANSWER
+
+
+def test_a_resolver_error_points_at_the_thresholds_it_certifies(tmp_path: Path) -> None:
+    path = write(tmp_path, "risky.yaml", RISK_POLICY + TENANTS)
+
+    def resolve(target: RiskTarget, calibrator: str) -> Thresholds:
+        raise ValueError(f"cannot certify {target.max_error_rate:g} with {calibrator}")
+
+    loaded = load_policy_set(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+    with pytest.raises(PolicyValidationError) as caught:
+        certify(loaded, resolve)
+    # The inherited target is reported once, at the base; the tenant's own where it wrote it.
+    assert str(caught.value).splitlines() == [
+        f"{path}:3:13: cannot certify 0.1 with cal.json",
+        f"{path}:7:21: tenant 'own': cannot certify 0.2 with cal.json",
+    ]
+
+
+# Content hashes and thresholds of the committed calibrated policies, as certified when
+# certification still ran inside validation: moving it to its own step changes neither.
+CALIBRATED = {
+    "conflictqa-counter": ("bbee22e6410153f3", 1.0, 0.821161),
+    "selfaware-open": ("f090e2dc9dc87efa", 1.0, 1.0),
+    "squad11-gold": ("fbefdeae8efa0e5a", 1.0, 0.858836),
+    "squad2-gold-n1000": ("2c55eb8411e655db", 1.0, 1.0),
+    "squad2-gold": ("0a29803aa524b796", 1.0, 1.0),
+    "squad2-open": ("43de5d68aaa9fe63", 1.0, 1.0),
+}
 
 
 def test_calibrated_policies_in_the_repository_load_with_their_certificates() -> None:
     folder = Path(__file__).parents[1] / "policies" / "calibrated"
     for path in sorted(folder.glob("*.yaml")):
-        policy = load_policies(path).base
+        loaded = load_policy_set(path, signal_names=SIGNAL_NAMES, flag_names=FLAG_NAMES)
+        assert isinstance(loaded.base.thresholds, RiskTarget), path.name
+        policy = certify(loaded, risk_resolver(path.parent)).base
+        assert isinstance(policy.thresholds, Thresholds)
         certificate = policy.thresholds.certified
         assert certificate is not None, path.name
         stored = json.loads((folder / f"{path.stem}.calibrator.json").read_text())
         assert certificate.answer_feasible == stored["metadata"]["answer"]["feasible"]
+        assert load_policies(path).base == policy
+        if path.stem in CALIBRATED:
+            numbers = (policy.content_hash, policy.thresholds.answer, policy.thresholds.hedge)
+            assert numbers == CALIBRATED[path.stem], path.name
+    assert set(CALIBRATED) <= {path.stem for path in folder.glob("*.yaml")}
 
 
 def test_the_policy_examples_in_the_docs_are_valid() -> None:

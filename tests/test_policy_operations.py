@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_reload_validates_before_replacing(policy_file: Path) -> None:
 
     good_text = policy_file.read_text(encoding="utf-8")
     policy_file.write_text(good_text.replace("answer: 0.55", "answer: 0.45x"), encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"policy.yaml line \d+, column \d+: thresholds.answer"):
+    with pytest.raises(PolicyError, match=r"policy.yaml:\d+:\d+: thresholds.answer"):
         runtime.reload()
     assert runtime.current is first
     assert guard.ask(QUESTION, passages=[PARIS]).action == "hedge"
@@ -190,7 +191,7 @@ def test_policies_endpoint_and_admin_reload(admin_server: tuple[str, Path]) -> N
         assert bad.status_code == 422
         body = bad.json()
         assert body["error"]["type"] == "policy_error"
-        assert "policy.yaml line" in body["error"]["problems"][0]
+        assert re.search(r"policy.yaml:\d+:\d+: unknown action", body["error"]["problems"][0])
         assert "unknown action 'answr'" in body["error"]["message"]
         assert body["in_force"]["policies"][0]["hash"] == old_hash
         assert client.get("/v1/policies").json()["policies"][0]["hash"] == old_hash
@@ -248,14 +249,28 @@ def test_policy_check_reports_every_problem_with_its_position(
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"guardrail: error: {path} line 3, column 34: the hedge threshold")
-    assert "line 6, column 18: unknown flag 'no_pasages' (did you mean 'no_passages'?)" in lines[1]
+    # The form linters print, with no prefix, so that editors jump to each problem.
+    assert lines[0].startswith(f"{path}:3:34: the hedge threshold")
+    assert lines[1].startswith(f"{path}:6:18: unknown flag 'no_pasages' (did you mean 'no_")
+
+
+def test_policy_explain_reports_a_broken_policy_where_it_is(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nname: p\nthresholds: {answer: 0.5, hedge: 0.2, otherwise: nah}\n")
+    code, out, err = run(capsys, "policy", "explain", str(path), "--signals", "{}")
+    assert (code, out) == (2, "")
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"{path}:3:50: unknown action 'nah' for thresholds.otherwise")
 
 
 def test_policy_check_unknown_tenant(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "policy", "check", "support-bot", "--tenant", "acme-bnk")
     assert code == 2
-    assert "no tenant 'acme-bnk' (did you mean 'acme-bank'?)" in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("guardrail: error: ")
+    assert "no tenant 'acme-bnk' (did you mean 'acme-bank'?)" in line
 
 
 def test_policy_explain_shows_each_rule(capsys: pytest.CaptureFixture[str]) -> None:

@@ -269,13 +269,14 @@ def _policy_risk(policy: Policy, calibrator: LogisticCalibrator) -> RiskControl:
             return RiskControl(**stored)
         except TypeError:
             pass
-    certificate = policy.thresholds.certified
+    thresholds = policy.decision_thresholds()
+    certificate = thresholds.certified
     return RiskControl(
         target_error=certificate.max_error_rate if certificate else float("nan"),
         delta=certificate.delta if certificate else float("nan"),
         method=policy.calibration.method if policy.calibration else "binomial",
         feasible=certificate.answer_feasible if certificate else True,
-        threshold=policy.thresholds.answer,
+        threshold=thresholds.answer,
         n_calibration=0,
         answered=0,
         errors=0,
