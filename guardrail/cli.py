@@ -11,13 +11,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-
-from guardrail.config import GuardrailConfig
-from guardrail.errors import ConfigError, GuardrailError
+from guardrail import policy_commands
+from guardrail.cli_settings import config_from, settings_from
+from guardrail.errors import GuardrailError
+from guardrail.evaluation import cli as evaluation_cli
 from guardrail.models import MODELS, prepare_model
 from guardrail.types import Response
 from policies import PolicyError
@@ -33,49 +32,9 @@ from retrievers.types import Passage
 
 USER_ERRORS = (GuardrailError, RetrieverError, PolicyError)
 
-Config = TypeVar("Config", bound=GuardrailConfig)
-
-
-def _config(args: argparse.Namespace) -> GuardrailConfig:
-    return _settings(GuardrailConfig, args)
-
-
-def _settings(settings_type: type[Config], args: argparse.Namespace) -> Config:
-    """Settings of ``settings_type`` from the environment, overridden by the arguments."""
-    overrides: dict[str, Any] = {}
-    for key in (
-        "index_dir",
-        "policy",
-        "top_k",
-        "cache_dir",
-        "host",
-        "port",
-        "shadow_policy",
-        "decision_log",
-        "mode",
-        "upstream_url",
-        "upstream_model",
-    ):
-        value = getattr(args, key, None)
-        if value is not None:
-            overrides[key] = value
-    if getattr(args, "no_escalation", False):
-        overrides["escalation_targets"] = {}
-    try:
-        return settings_type(**overrides)
-    except SettingsError as exc:
-        cause = exc.__cause__ or exc
-        raise ConfigError(f"invalid setting in the environment: {exc} ({cause})") from None
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid setting: {problems}") from None
-
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_from(args)
     names = list(MODELS) if args.all else [config.generator]
     for name in names:
         folder = prepare_model(config.cache_dir, name)
@@ -93,7 +52,7 @@ def build_index(paths: Sequence[Path], index_dir: Path, *, max_words: int) -> Pa
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_from(args)
     paths = [Path(p) for p in args.paths]
     if args.demo:
         paths.insert(0, demo_corpus_path())
@@ -148,7 +107,7 @@ def format_response(response: Response, *, verbose: bool = True) -> str:
 def cmd_ask(args: argparse.Namespace) -> int:
     from guardrail.pipeline import Guardrail, check_question
 
-    config = _config(args)
+    config = config_from(args)
     # Cheap checks first: a bad question never waits for a model to load.
     question = check_question(args.question, config.max_question_chars)
     given = [
@@ -183,7 +142,7 @@ DEMO_QUESTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 def cmd_demo(args: argparse.Namespace) -> int:
     from guardrail.pipeline import Guardrail
 
-    config = _config(args)
+    config = config_from(args)
     target = config.resolved_index_dir()
     if not (target / "manifest.json").exists():
         print(f"Building the demo index at {target} (once)...", file=sys.stderr)
@@ -209,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from guardrail.pipeline import load_policy_setting, local_backend
     from service import ServiceSettings, create_app
 
-    settings = _settings(ServiceSettings, args)
+    settings = settings_from(ServiceSettings, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     if settings.mode == "model":
         from service.model_server import create_model_app
@@ -229,7 +188,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``guardrail`` command."""
+    """The argument parser of the ``guardrail`` command.
+
+    Each command module adds its commands with ``register(sub, common)``, ``common`` being
+    the options every command that reads settings shares, and sets ``func(args) -> int``.
+    """
     parser = argparse.ArgumentParser(
         prog="guardrail", description="Selective-answering RAG: answer, hedge, defer or escalate."
     )
@@ -239,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--index", dest="index_dir", type=Path, help="index directory")
     sub = parser.add_subparsers(dest="command", required=True)
+    for register_commands in (register, evaluation_cli.register, policy_commands.register):
+        register_commands(sub, common)
+    return parser
 
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``prepare``, ``ingest``, ``ask``, ``demo`` and ``serve`` to the command line."""
     p = sub.add_parser("prepare", parents=[common], help="convert the local models once")
     p.add_argument("--all", action="store_true", help="also the escalation model")
     p.set_defaults(func=cmd_prepare)
@@ -287,13 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_options(p)
     p.set_defaults(func=cmd_serve)
 
-    from guardrail.evaluation.commands import register
-    from guardrail.policy_commands import register as register_policy
-
-    register(sub, common)
-    register_policy(sub)
-    return parser
-
 
 def _policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -305,17 +267,12 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_evaluation_command(args: argparse.Namespace) -> int:
-    return int(args.command_func(args, _config(args)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardrail`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    func = getattr(args, "func", None) or _run_evaluation_command
     try:
-        return int(func(args))
+        return int(args.func(args))
     except PolicyError as exc:
         # Each problem on its own line as FILE:LINE:COLUMN: message, the form editors jump
         # to; a problem in no file (an unknown bundled name) reads like any other error.

@@ -256,8 +256,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    """Add ``policy`` and its subcommands to the command line."""
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``policy`` and its subcommands to the command line. They read no settings, so
+    they take none of the ``common`` options (the cache and index folders)."""
     policy = sub.add_parser("policy", help="check, explain, schema, compare policies")
     actions = policy.add_subparsers(dest="policy_command", required=True)
 

@@ -10,6 +10,7 @@ is replaced. The ingest tests use the real embedder on a three-file corpus.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -23,7 +24,7 @@ import pytest
 
 import guardrail.cli
 import guardrail.pipeline
-from guardrail.cli import main
+from guardrail.cli import build_parser, main
 from retrievers import PassageIndex, SentenceTransformerEmbedder
 
 
@@ -250,6 +251,100 @@ def test_argparse_errors_exit_2(
     assert err.startswith("usage: guardrail")
     assert "error:" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- every command
+
+COMMANDS = [
+    ["prepare"],
+    ["ingest"],
+    ["ask"],
+    ["demo"],
+    ["serve"],
+    ["eval"],
+    ["calibrate"],
+    ["policy"],
+    ["policy", "check"],
+    ["policy", "explain"],
+    ["policy", "schema"],
+    ["policy", "compare"],
+]
+
+# Each runnable command with its required arguments (nothing runs: they are only parsed).
+RUNNABLE = [
+    ["prepare"],
+    ["ingest"],
+    ["ask", "q"],
+    ["demo"],
+    ["serve"],
+    ["eval", "--dataset", "squad2"],
+    ["calibrate", "--dataset", "squad2", "--out", "x"],
+    ["policy", "check", "balanced"],
+    ["policy", "explain", "balanced", "--signals", "{}"],
+    ["policy", "schema"],
+    ["policy", "compare", "log.jsonl"],
+]
+
+
+def help_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out
+
+
+def choices(help_text: str) -> set[str]:
+    """The subcommands a help text lists in its usage line's ``{a,b,...}``."""
+    found = re.search(r"\{([a-z,-]+)\}", help_text)
+    assert found, help_text
+    return set(found.group(1).split(","))
+
+
+def test_the_commands_listed_here_are_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert choices(help_of(capsys)) == {c[0] for c in COMMANDS if len(c) == 1}
+    assert choices(help_of(capsys, "policy")) == {c[1] for c in COMMANDS if len(c) == 2}
+    assert {tuple(argv[:2]) if argv[0] == "policy" else (argv[0],) for argv in RUNNABLE} == {
+        tuple(c) for c in COMMANDS if c != ["policy"]
+    }
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert help_of(capsys, *command).startswith(f"usage: guardrail {' '.join(command)} ")
+
+
+@pytest.mark.parametrize("argv", RUNNABLE, ids=lambda argv: " ".join(argv[:2]))
+def test_every_command_runs_as_func_of_its_arguments(argv: list[str]) -> None:
+    # One dispatch: main() calls args.func(args), whatever the command.
+    args = build_parser().parse_args(argv)
+    assert list(inspect.signature(args.func).parameters) == ["args"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["eval", "--dataset", "squad2", "--n", "0"], "--n must be at least 1, got 0"),
+        (["calibrate", "--dataset", "squad2", "--out", "x", "--n", "0"], "--n must be at least 1"),
+        # Settings come from the one helper every command uses, options included.
+        (["eval", "--dataset", "squad2", "--top-k", "0"], "top_k"),
+        (
+            ["calibrate", "--dataset", "squad2", "--out", "x", "--max-passage-words", "5"],
+            "max_passage_words",
+        ),
+        (["policy", "check", "MISSING"], "does not exist"),
+        (["policy", "explain", "MISSING", "--signals", "{}"], "does not exist"),
+        (["policy", "explain", "balanced", "--signals", "[1]"], "must be a JSON object"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_user_errors_print_one_line_and_exit_2(
+    cli: Run, tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    result = cli(*(missing if arg == "MISSING" else arg for arg in argv))
+    assert_user_error(result, fragment)
 
 
 # ---------------------------------------------------------------- a real process

@@ -11,7 +11,8 @@ import yaml
 
 from guardrail.cli import main
 from guardrail.errors import ConfigError
-from guardrail.evaluation.commands import _print_summary, fit_and_certify_parts
+from guardrail.evaluation.calibrate import fit_and_certify_parts
+from guardrail.evaluation.cli import _print_summary
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.runner import Record
 from guardrail.pipeline import load_policy_setting, policy_path, policy_scorer

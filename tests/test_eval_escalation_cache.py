@@ -10,8 +10,8 @@ from pathlib import Path
 from fakes import ScriptedBackend, peaked, uniform
 
 from guardrail.config import GuardrailConfig
-from guardrail.evaluation.commands import policy_actions
 from guardrail.evaluation.datasets import EvalItem
+from guardrail.evaluation.replay import policy_actions
 from guardrail.evaluation.runner import EvalRunner, RecordCache
 from guardrail.pipeline import Guardrail, load_policy_setting
 from retrievers import Passage
