@@ -7,9 +7,13 @@
 3. ONE teacher-forced ``score`` pass of that same answer under the prompt without passages,
    which yields the parametric distributions for Confidence Gain and parametric agreement;
 4. signals, flags and the confidence score;
-5. the policy's decision; an escalation re-runs steps 2-4 on the next target model with the
-   same passages and is decided again (a second escalation is not allowed: it defers);
+5. the decision of the tenant's :class:`~guardrail.judge.Judge` through
+   :func:`~guardrail.judge.judge_question`; an escalation re-runs steps 2-4 on the next
+   target model with the same passages and is judged again (a second escalation is not
+   allowed: it defers);
 6. rendering, with citations, into a ``Response`` that carries the whole record.
+
+Models load on first use: importing this module imports no PyTorch.
 """
 
 from __future__ import annotations
@@ -17,73 +21,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
-from guardrail.backends.transformers import TransformersBackend
 from guardrail.config import GuardrailConfig
 from guardrail.decision_log import DecisionLog
-from guardrail.errors import ConfigError, GuardrailError, QuestionError
+from guardrail.errors import ConfigError, QuestionError
+from guardrail.judge import Assessed, ConfidenceScorer, Judge, judge_question
 from guardrail.models import model_spec, prepare_model
-from guardrail.policy_runtime import (
-    ConfidenceScorer,
-    PolicyRuntime,
-    load_policies,
-    policy_path,
-    scorer_for,
-)
+from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
 from guardrail.prompts import prompt_for
 from guardrail.render import citations, cited_passages, render
 from guardrail.signals import SignalInputs, compute_signals, embedder_similarity
-from guardrail.types import Generation, Response, TokenStats
-from policies import Action, Assessment, Decision, Policy, decide
-from policies.escalation import BudgetLedger, EscalationLedger, TargetFailed, run_chain
+from guardrail.types import Response
+from policies import Action, Policy
+from policies.escalation import BudgetLedger, EscalationLedger
 from policies.loader import PolicySet
 from retrievers import Embedder, PassageIndex, SentenceTransformerEmbedder
 from retrievers.types import Passage
 
+if TYPE_CHECKING:
+    from guardrail.backends.transformers import TransformersBackend
+
 BackendFactory = Callable[[], GeneratorBackend]
-
-
-@dataclass(frozen=True)
-class Assessed:
-    """One model's answer to one question, with everything measured about it."""
-
-    backend: GeneratorBackend
-    generation: Generation
-    parametric: TokenStats | None
-    answer: str
-    abstained: bool
-    signals: Mapping[str, float | None]
-    flags: Mapping[str, str]
-    confidence: float
-    timings: Mapping[str, float]
-
-    def assessment(self) -> Assessment:
-        """What the policy decides on."""
-        return Assessment(self.confidence, dict(self.signals), frozenset(self.flags))
-
-
-ABSTAIN_SIGNAL = "abstain_logprob"
-"""The signal only the optional abstention probe measures."""
-
-
-class AssessFn(Protocol):
-    """How a model's answer to a question is generated and measured (``Guardrail.assess``)."""
-
-    def __call__(
-        self,
-        backend: GeneratorBackend,
-        question: str,
-        passages: Sequence[Passage],
-        scorer: ConfidenceScorer,
-        *,
-        probe: bool | None = None,
-    ) -> Assessed: ...
 
 
 def load_policy_setting(value: str) -> Policy:
@@ -91,14 +53,10 @@ def load_policy_setting(value: str) -> Policy:
     return load_policies(policy_path(value)).base
 
 
-def policy_scorer(policy: Policy, policy_file: Path) -> ConfidenceScorer:
-    """The policy's calibrator (its path is relative to the policy file), or the documented
-    heuristic when the policy names none."""
-    return scorer_for(policy, policy_file.parent)
-
-
 def local_backend(config: GuardrailConfig, model: str) -> TransformersBackend:
     """A transformers backend for a local model, prepared (converted) on first use."""
+    from guardrail.backends.transformers import TransformersBackend  # imports PyTorch
+
     spec = model_spec(model)
     folder = prepare_model(config.cache_dir, model)
     return TransformersBackend(
@@ -174,20 +132,25 @@ class Guardrail:
         self._escalation_backends: dict[str, GeneratorBackend] = {}
         self._escalation_lock = threading.Lock()
 
+    def judge(self, tenant: str | None = None) -> Judge:
+        """The judge in force for ``tenant`` (the base policy's for ``None``): the one place
+        a policy and its scorer are looked up. The ``abstain_probe`` setting, when set,
+        overrides what the policy needs."""
+        return self.policies.current.judge(tenant, probe=self.config.abstain_probe)
+
     @property
     def policy(self) -> Policy:
-        """The base policy in force (tenants may override it: see :meth:`policy_for`)."""
-        return self.policies.current.policy_for(None)
+        """The base policy in force (tenants may override it: see :meth:`judge`)."""
+        return self.judge().policy
 
     @property
     def scorer(self) -> ConfidenceScorer:
         """The confidence scorer of the base policy."""
-        current = self.policies.current
-        return current.scorer(current.policy_for(None))
+        return self.judge().scorer
 
     def policy_for(self, tenant: str | None) -> Policy:
         """The policy in force for ``tenant`` (the base policy for ``None``)."""
-        return self.policies.current.policy_for(tenant)
+        return self.judge(tenant).policy
 
     @classmethod
     def from_config(
@@ -226,41 +189,18 @@ class Guardrail:
             return []
         return self.index.search(question, k=self.config.top_k)
 
-    def _policy_and_scorer(
-        self, policy: Policy | None, scorer: ConfidenceScorer | None
-    ) -> tuple[Policy, ConfidenceScorer]:
-        """``policy`` (default: the base policy) and ``scorer`` (default: that policy's)."""
-        current = self.policies.current
-        policy = policy if policy is not None else current.policy_for(None)
-        return policy, scorer if scorer is not None else current.scorer(policy)
-
-    def wants_probe(
-        self, policy: Policy | None = None, scorer: ConfidenceScorer | None = None
-    ) -> bool:
-        """Whether ``assess`` measures ``abstain_logprob``: the ``abstain_probe`` setting,
-        or, when that is unset, whether ``policy`` (default: the base policy) needs it, its
-        calibrator as a feature or its rules in a condition."""
-        if self.config.abstain_probe is not None:
-            return self.config.abstain_probe
-        policy, scorer = self._policy_and_scorer(policy, scorer)
-        features = getattr(scorer, "features", ())
-        return ABSTAIN_SIGNAL in features or ABSTAIN_SIGNAL in policy.signal_names()
-
     def assess(
         self,
         backend: GeneratorBackend,
         question: str,
         passages: Sequence[Passage],
-        scorer: ConfidenceScorer | None = None,
-        *,
-        probe: bool | None = None,
+        judge: Judge | None = None,
     ) -> Assessed:
-        """Generate with passages, score without them, and measure (the confidence with
-        ``scorer``, by default the base policy's). ``probe`` says whether to measure
-        ``abstain_logprob`` (default: ``wants_probe()`` for the base policy)."""
-        if probe is None:
-            probe = self.wants_probe(None, scorer)
-        scorer = scorer or self.scorer
+        """Generate with passages, score without them, measure, and give the confidence of
+        ``judge`` (default: the base policy's), which also says whether to measure
+        ``abstain_logprob``."""
+        judge = judge or self.judge()
+        probe = judge.probe
         prompts = prompt_for(backend, self.config.max_passage_words)
         generation = backend.generate(
             prompts.contextual(question, passages),
@@ -303,7 +243,7 @@ class Guardrail:
             abstained=abstained,
             signals=signals,
             flags=flags,
-            confidence=scorer.confidence(signals, abstained=abstained),
+            confidence=judge.confidence(signals, abstained=abstained),
             timings={
                 "generate": generation.seconds - generation.probe_seconds,
                 **({"abstain_probe": generation.probe_seconds} if probe else {}),
@@ -312,7 +252,9 @@ class Guardrail:
             },
         )
 
-    def _escalation_backend(self, target: str) -> GeneratorBackend:
+    def escalation_backend(self, target: str) -> GeneratorBackend:
+        """The backend of a configured escalation target, built on first use (a
+        ``ConfigError`` for an unconfigured one)."""
         with self._escalation_lock:
             return self._escalation_backend_locked(target)
 
@@ -327,38 +269,17 @@ class Guardrail:
             self._escalation_backends[target] = factory()
         return self._escalation_backends[target]
 
-    def escalate(
-        self,
-        question: str,
-        passages: Sequence[Passage],
-        first: Decision,
-        *,
-        policy: Policy | None = None,
-        first_answered: bool = True,
-        scorer: ConfidenceScorer | None = None,
-        assess: AssessFn | None = None,
-        ledger: BudgetLedger | None = None,
-    ) -> tuple[Assessed | None, Decision]:
-        """Follow the policy's escalation chain (order, budgets, fallback; see
-        :func:`policies.escalation.run_chain`). The assessed answer of the target that was
-        accepted, or ``None`` when the chain fell back, and the final decision. ``assess``
-        replaces :meth:`assess` for the targets and ``ledger`` the pipeline's budget ledger
-        (the evaluation uses both: its cache, and budgets counted on a simulated clock)."""
-        policy, scorer = self._policy_and_scorer(policy, scorer)
-        probe = self.wants_probe(policy, scorer)
+    def answers(
+        self, question: str, passages: Sequence[Passage], judge: Judge
+    ) -> Callable[[str | None], Assessed]:
+        """The assessed answer of the generator (``None``) or of an escalation target, to
+        the question with these passages (an ``AnswerSource`` for ``judge_question``)."""
 
-        def attempt(target: str) -> tuple[Assessed, Decision]:
-            try:
-                backend = self._escalation_backend(target)
-                assessed = (assess or self.assess)(backend, question, passages, scorer, probe=probe)
-            except GuardrailError as exc:
-                raise TargetFailed(str(exc)) from None
-            return assessed, decide(assessed.assessment(), policy)
+        def answer(target: str | None) -> Assessed:
+            backend = self.backend if target is None else self.escalation_backend(target)
+            return self.assess(backend, question, passages, judge)
 
-        chain = run_chain(
-            first, policy, attempt, ledger or self.ledger, first_answered=first_answered
-        )
-        return chain.result, chain.decision
+        return answer
 
     # -- the whole thing -------------------------------------------------------------------
     def ask(
@@ -375,30 +296,14 @@ class Guardrail:
         model's answer passes through unchanged.
         """
         question = self.check_question(question)
-        loaded = self.policies.current
-        policy = loaded.policy_for(tenant)
-        scorer = loaded.scorer(policy)
+        judge = self.judge(tenant)
+        policy = judge.policy
         start = time.perf_counter()
         found = list(passages) if passages is not None else self.retrieve(question)
         retrieve_seconds = time.perf_counter() - start
-        assessed = self.assess(
-            self.backend, question, found, scorer, probe=self.wants_probe(policy, scorer)
-        )
-        decision = decide(assessed.assessment(), policy)
-        self.ledger.record_decision(policy.name)
-        shadow_mode = policy.mode == "shadow"
-        escalated = False
-        if decision.action is Action.ESCALATE and not shadow_mode:
-            escalated_result, decision = self.escalate(
-                question,
-                found,
-                decision,
-                policy=policy,
-                first_answered=not assessed.abstained,
-                scorer=scorer,
-            )
-            if escalated_result is not None:
-                assessed, escalated = escalated_result, True
+        verdict = judge_question(judge, self.answers(question, found, judge), self.ledger)
+        assessed, decision, escalated = verdict.assessed, verdict.decision, verdict.escalated
+        shadow_mode = judge.shadow_mode
         parametric_answer = None
         if (
             "knowledge_conflict" in assessed.flags
@@ -433,7 +338,7 @@ class Guardrail:
             action=action.value,
             answer=assessed.answer,
             confidence=assessed.confidence,
-            confidence_method=scorer.method,
+            confidence_method=judge.scorer.method,
             signals=dict(assessed.signals),
             flags=tuple(sorted(assessed.flags)),
             flag_details=dict(assessed.flags),
@@ -463,15 +368,11 @@ class Guardrail:
         """What the shadow policy (if one is configured) would have done with this answer."""
         if self.shadow is None:
             return None
-        loaded = self.shadow.current
-        policy = loaded.policy_for(tenant)
-        confidence = loaded.scorer(policy).confidence(
-            assessed.signals, abstained=assessed.abstained
+        judge = self.shadow.current.judge(tenant)
+        assessment = judge.assessment(
+            assessed.signals, assessed.flags, abstained=assessed.abstained
         )
-        decision = decide(
-            Assessment(confidence, dict(assessed.signals), frozenset(assessed.flags)), policy
-        )
-        return {**decision.to_dict(), "confidence": confidence}
+        return {**judge.decide(assessment).to_dict(), "confidence": assessment.confidence}
 
 
 def _runtime(

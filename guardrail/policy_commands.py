@@ -21,10 +21,10 @@ import yaml
 from guardrail.assessment import FLAG_NAMES
 from guardrail.decision_log import read_records
 from guardrail.errors import ConfigError
-from guardrail.policy_runtime import load_policies, policy_path, scorer_for
+from guardrail.judge import Judge
+from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
 from guardrail.signals import SIGNAL_NAMES
 from policies import Assessment, Policy
-from policies.decide import trace
 from policies.errors import did_you_mean
 from policies.json_schema import policy_json_schema
 from policies.loader import PolicySet
@@ -91,11 +91,11 @@ def _signals_argument(text: str) -> dict[str, Any]:
     return data
 
 
-def assessment_from(data: Mapping[str, Any], policy: Policy, folder: Path) -> Assessment:
+def assessment_from(data: Mapping[str, Any], judge: Judge) -> Assessment:
     """The assessment in a ``--signals`` object or a recorded decision.
 
-    Signals may sit under ``"signals"`` or at the top level; without ``"confidence"`` it is
-    computed with the policy's own scorer (its calibrator, or the heuristic).
+    Signals may sit under ``"signals"`` or at the top level; without ``"confidence"`` the
+    judge computes it with the policy's own scorer (its calibrator, or the heuristic).
     """
     raw = data.get("signals", {k: v for k, v in data.items() if k in SIGNAL_NAMES})
     if not isinstance(raw, dict):
@@ -118,29 +118,32 @@ def assessment_from(data: Mapping[str, Any], policy: Policy, folder: Path) -> As
             f"unknown flags: {', '.join(bad_flags)}; valid: {', '.join(sorted(FLAG_NAMES))}"
         )
     confidence = data.get("confidence")
-    if confidence is None:
-        scorer = scorer_for(policy, folder)
-        confidence = scorer.confidence(signals, abstained="model_abstained" in flags)
     try:
-        return Assessment(float(confidence), signals, frozenset(flags))
+        given = None if confidence is None else float(confidence)
+        return judge.assessment(
+            signals, flags, abstained="model_abstained" in flags, confidence=given
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"confidence: {exc}") from None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Which rule of the policy fires on the given signals, and why."""
-    path, policies = _load(args.file)
+    path = policy_path(args.file)
+    loaded = PolicyRuntime.from_setting(str(path)).current
     data = _signals_argument(args.signals)
     notes: list[str] = []
     if args.tenant is not None:
-        policy = _pick(policies, args.tenant)
+        _pick(loaded.policies, args.tenant)  # an unknown tenant is an error here
+        tenant = args.tenant
     else:
-        tenant = data.get("tenant")
-        policy = policies.policy_for(tenant if isinstance(tenant, str) else None)
-        if isinstance(tenant, str) and tenant not in policies.tenants:
+        tenant = data.get("tenant") if isinstance(data.get("tenant"), str) else None
+        if tenant is not None and tenant not in loaded.policies.tenants:
             notes.append(f"Tenant {tenant!r} has no overrides in this file: the base policy.")
-    assessment = assessment_from(data, policy, path.parent)
-    traces, decision = trace(assessment, policy)
+    judge = loaded.judge(tenant)
+    policy = judge.policy
+    assessment = assessment_from(data, judge)
+    traces, decision = judge.trace(assessment)
     recorded = data.get("policy_hash")
     lines = [f"Policy {policy.name!r} ({policy.content_hash}) from {path}", *notes]
     if recorded and recorded != policy.content_hash:

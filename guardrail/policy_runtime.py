@@ -9,28 +9,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from guardrail.assessment import FLAG_NAMES, HeuristicConfidence
 from guardrail.errors import ConfigError
+from guardrail.judge import ConfidenceScorer, Judge, needs_probe
 from guardrail.signals import SIGNAL_NAMES
 from policies import Policy, PolicyError, bundled_policy_path
 from policies.certification import RiskResolver, certify
 from policies.loader import PolicySet, load_policy_set
 from policies.schema import Certificate, RiskTarget, Thresholds
-
-
-class ConfidenceScorer(Protocol):
-    """Turns one response's signals into its confidence (a heuristic or a calibrator)."""
-
-    @property
-    def method(self) -> str:
-        """How the confidence is computed, recorded with each response."""
-        ...
-
-    def confidence(self, signals: Mapping[str, float | None], *, abstained: bool) -> float:
-        """The confidence in [0, 1]."""
-        ...
 
 
 def policy_path(value: str) -> Path:
@@ -154,6 +141,14 @@ class Loaded:
     def scorer(self, policy: Policy) -> ConfidenceScorer:
         """The confidence scorer that ``policy`` was loaded with."""
         return self.scorers[policy.content_hash]
+
+    def judge(self, tenant: str | None = None, *, probe: bool | None = None) -> Judge:
+        """The judge for ``tenant``: its policy, that policy's scorer, and whether the
+        abstention probe is measured (``probe``, or when ``None`` whether the policy needs
+        it). Every decision is made by a judge obtained here."""
+        policy = self.policy_for(tenant)
+        scorer = self.scorer(policy)
+        return Judge(policy, scorer, needs_probe(policy, scorer) if probe is None else probe)
 
 
 def _loaded(policies: PolicySet, path: Path | None, fixed: ConfidenceScorer | None) -> Loaded:

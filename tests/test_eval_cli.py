@@ -15,7 +15,8 @@ from guardrail.evaluation.calibrate import fit_and_certify_parts
 from guardrail.evaluation.cli import _print_summary
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.runner import Record
-from guardrail.pipeline import load_policy_setting, policy_path, policy_scorer
+from guardrail.pipeline import load_policy_setting
+from guardrail.policy_runtime import scorer_for
 
 SMALL = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
 
@@ -142,7 +143,7 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     policy = load_policy_setting(str(policy_file))
     assert policy.thresholds.certified is not None
     assert not policy.thresholds.certified.answer_feasible
-    scorer = policy_scorer(policy, policy_path(str(policy_file)))
+    scorer = scorer_for(policy, policy_file.parent)
     assert scorer.method.startswith("calibrated:")
     assert len((records / "records.jsonl").read_text().splitlines()) == 2
 

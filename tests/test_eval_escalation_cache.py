@@ -38,7 +38,7 @@ def run(folder: Path, larger: object) -> tuple[list[str], str]:
     guard = Guardrail(backend=flat(), policy=policy, escalation={"larger": larger})  # type: ignore[dict-item]
     runner = EvalRunner(guard, RecordCache(folder), progress=False)
     records = runner.run([ITEM])
-    actions, scored = policy_actions(runner, [ITEM], records, policy)
+    actions, scored = policy_actions(runner, [ITEM], records, guard.judge())
     return actions, scored[0].answer
 
 
@@ -125,7 +125,7 @@ def test_a_cached_target_answer_gets_its_text_signals_and_flags_recomputed(
     guard = Guardrail(backend=flat(), policy=load_policy_setting("balanced"))
     runner = EvalRunner(guard, RecordCache(tmp_path), progress=False)
     target = big()
-    assessed = runner.assess_target(target, ITEM.question, list(ITEM.passages or ()), guard.scorer)
+    assessed = runner.assess_target(target, ITEM.question, list(ITEM.passages or ()), guard.judge())
     assert target.calls == []  # served from the cache
     assert assessed.answer == "Madrid"
     assert assessed.signals["answer_in_passages"] == 1.0
@@ -163,6 +163,6 @@ def test_budgets_see_every_decision_at_the_pace_the_records_were_measured(
         guard = Guardrail(backend=flat(), policy=policy, escalation={"larger": big})
         runner = EvalRunner(guard, RecordCache(tmp_path / "cache"), progress=False)
         records = runner.run(items)
-        actions, scored = policy_actions(runner, items, records, policy)
+        actions, scored = policy_actions(runner, items, records, guard.judge())
         assert actions == ["answer", "defer", "answer", "defer"]
         assert [r.answer for r in scored] == ["Madrid", "Paris", "Madrid", "Paris"]

@@ -326,7 +326,7 @@ def test_response_to_dict_is_json_serialisable(policy: Policy) -> None:
 
 def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
     from guardrail.calibration import ABSTAINED, LogisticCalibrator
-    from guardrail.pipeline import policy_path, policy_scorer
+    from guardrail.policy_runtime import scorer_for
 
     # A calibrator on one signal: the higher mean_logprob, the more likely right.
     rows = [{"mean_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
@@ -339,7 +339,7 @@ def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
         "calibration: {calibrator: cal.json, target_error: 0.1, delta: 0.1}\n"
     )
     policy = load_policy_setting(str(policy_file))
-    scorer = policy_scorer(policy, policy_path(str(policy_file)))
+    scorer = scorer_for(policy, policy_file.parent)
     guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
     response = guard.ask("What is the capital of France?", passages=[PARIS])
     assert response.confidence_method == "calibrated:logistic"
@@ -351,7 +351,7 @@ def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
 def test_a_calibrated_policy_with_a_missing_or_foreign_calibrator(tmp_path: Path) -> None:
     from guardrail.calibration import ABSTAINED, LogisticCalibrator
     from guardrail.errors import ConfigError
-    from guardrail.pipeline import policy_path, policy_scorer
+    from guardrail.policy_runtime import scorer_for
 
     policy_file = tmp_path / "p.yaml"
     policy_file.write_text(
@@ -360,13 +360,13 @@ def test_a_calibrated_policy_with_a_missing_or_foreign_calibrator(tmp_path: Path
     )
     policy = load_policy_setting(str(policy_file))
     with pytest.raises(ConfigError, match=r"gone\.json does not exist"):
-        policy_scorer(policy, policy_path(str(policy_file)))
+        scorer_for(policy, policy_file.parent)
     rows = [{"telepathy": float(i), ABSTAINED: 0.0} for i in range(20)]
     LogisticCalibrator(("telepathy",)).fit(rows, [i > 9 for i in range(20)]).save(
         tmp_path / "gone.json"
     )
     with pytest.raises(ConfigError, match="does not measure: telepathy"):
-        policy_scorer(policy, policy_path(str(policy_file)))
+        scorer_for(policy, policy_file.parent)
 
 
 # ---------------------------------------------------------------- the optional abstention probe
@@ -398,19 +398,19 @@ def test_the_abstention_probe_runs_only_when_something_needs_it(
         "    reason: the model nearly said it cannot answer\n"
     )
     probing = Guardrail(backend=confident("Paris"), policy=load_policy_setting(str(file)))
-    assert probing.wants_probe()
+    assert probing.judge().probe
     assert probing.ask(question, passages=passages).signals["abstain_logprob"] is not None
     off = Guardrail(
         backend=confident("Paris"),
         policy=load_policy_setting(str(file)),
         config=GuardrailConfig(abstain_probe=False),
     )
-    assert not off.wants_probe()
+    assert not off.judge().probe
 
 
 def test_a_policy_whose_calibrator_reads_the_probe_wants_it(tmp_path: Path) -> None:
     from guardrail.calibration import ABSTAINED, LogisticCalibrator
-    from guardrail.pipeline import policy_path, policy_scorer
+    from guardrail.policy_runtime import scorer_for
 
     rows = [{"abstain_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
     calibrator = LogisticCalibrator(("abstain_logprob",))
@@ -422,10 +422,9 @@ def test_a_policy_whose_calibrator_reads_the_probe_wants_it(tmp_path: Path) -> N
         "calibration: {calibrator: cal.json, target_error: 0.1, delta: 0.1}\n"
     )
     policy = load_policy_setting(str(policy_file))
-    scorer = policy_scorer(policy, policy_path(str(policy_file)))
+    scorer = scorer_for(policy, policy_file.parent)
     guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
-    # Given the policy alone, its own calibrator is looked up (it reads abstain_logprob).
-    assert guard.wants_probe(guard.policy)
-    assert guard.wants_probe()
+    # The judge holds the policy's own calibrator, which reads abstain_logprob.
+    assert guard.judge().probe
     response = guard.ask("What is the capital of France?", passages=[PARIS])
     assert response.signals["abstain_logprob"] is not None

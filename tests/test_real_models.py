@@ -108,13 +108,11 @@ def test_escalation_to_the_larger_model(config: GuardrailConfig) -> None:
         config=config,
     )
     question = "When did Kibaki and Odinga sign an agreement on the formation of government?"
-    first = guard.assess(guard.backend, question, kenya)
-    from policies import Decision
-
-    forced = Decision(Action.ESCALATE, "test", ("forced",), "default", "x")
-    assessed, decision = guard.escalate(question, kenya, forced)
+    answers = guard.answers(question, kenya, guard.judge())
+    first = answers(None)
+    assessed = answers("larger")
+    decision = guard.judge().decide(assessed.assessment())
     assert first.backend.name == "gemma-3-270m"
-    assert assessed is not None, decision.reasons
     assert assessed.backend.name == "qwen2.5-0.5b-instruct"
     assert "2008" in assessed.answer
     assert decision.action in (Action.ANSWER, Action.HEDGE)

@@ -230,7 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     certify_records: list[Record] = []
     single_choice = None
     policy_file = policy_path(config.policy)
-    policy = runner.guardrail.policy
+    judge = runner.guardrail.judge()
+    policy = judge.policy
     if args.fit_split:
         calibration_records = runner.run(
             fit_items, label=f"{name}/{setting}/{args.fit_split} (calibration)"
@@ -249,13 +250,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         calibrators, risks, sweep = certified.calibrators, certified.risks, certified.sweep
         fit_records, certify_records = certified.fit_records, certified.certify_records
-    if policy.calibration is not None and isinstance(runner.guardrail.scorer, LogisticCalibrator):
-        calibrators[f"policy {policy.name}"] = runner.guardrail.scorer
-        risks[f"policy {policy.name}"] = policy_risk(policy, runner.guardrail.scorer)
+    if policy.calibration is not None and isinstance(judge.scorer, LogisticCalibrator):
+        calibrators[f"policy {policy.name}"] = judge.scorer
+        risks[f"policy {policy.name}"] = policy_risk(policy, judge.scorer)
     actions, policy_records = None, None
     if not args.no_policy:
         actions, policy_records = policy_actions(
-            runner, test_items, records, policy, escalate=not args.no_escalation
+            runner, test_items, records, judge, escalate=not args.no_escalation
         )
     report = EvalReport(
         setting={

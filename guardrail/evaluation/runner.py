@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from guardrail.assessment import is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
-from guardrail.pipeline import ABSTAIN_SIGNAL, Assessed, Guardrail
-from guardrail.policy_runtime import ConfidenceScorer
+from guardrail.judge import PROBE_SIGNALS, Assessed, Judge
+from guardrail.pipeline import Guardrail
 from guardrail.prompts import prompt_for
 from guardrail.signals import compute_text_signals
 from guardrail.text import normalize_answer
@@ -178,7 +178,8 @@ class RecordCache:
 def _without_probe(data: dict[str, Any]) -> dict[str, Any]:
     """A cached record as a run without the abstention probe would have made it."""
     timings = {k: v for k, v in data["timings"].items() if k != "abstain_probe"}
-    return {**data, "signals": {**data["signals"], ABSTAIN_SIGNAL: None}, "timings": timings}
+    signals = {**data["signals"], **dict.fromkeys(PROBE_SIGNALS)}
+    return {**data, "signals": signals, "timings": timings}
 
 
 def _key(settings: dict[str, Any], question: str, passages: Sequence[Passage]) -> str:
@@ -214,6 +215,31 @@ def sampling_agreement(greedy: str, samples: Sequence[str], abstained: bool) -> 
     return sum(normalize_answer(s) == target for s in samples) / len(samples)
 
 
+def stored_assessed(
+    backend: GeneratorBackend,
+    answer: str,
+    abstained: bool,
+    signals: Mapping[str, float | None],
+    flags: Mapping[str, str],
+    timings: Mapping[str, float],
+    judge: Judge,
+) -> Assessed:
+    """An answer measured earlier (no token statistics kept), with ``judge``'s confidence."""
+    return Assessed(
+        backend=backend,
+        generation=Generation(
+            text=answer, stats=TokenStats.empty(), prompt_tokens=0, finish_reason="newline"
+        ),
+        parametric=None,
+        answer=answer,
+        abstained=abstained,
+        signals=signals,
+        flags=flags,
+        confidence=judge.confidence(signals, abstained=abstained),
+        timings=timings,
+    )
+
+
 @dataclass
 class EvalRunner:
     """Runs a ``Guardrail``'s generator over items, reading and filling the cache."""
@@ -224,9 +250,9 @@ class EvalRunner:
 
     def __post_init__(self) -> None:
         self.settings = self._settings(self.guardrail.backend)
-        self.probe = self.guardrail.wants_probe()
-        """Whether this runner's records measure ``abstain_logprob`` (``Guardrail.wants_probe``
-        for the base policy)."""
+        self.probe = self.guardrail.judge().probe
+        """Whether this runner's records measure ``abstain_logprob`` (what the base policy's
+        judge needs)."""
 
     def _settings(self, backend: GeneratorBackend) -> dict[str, Any]:
         """What, besides question and passages, decides ``backend``'s answer (cache keys)."""
@@ -257,26 +283,17 @@ class EvalRunner:
         return _key(self.settings, item.question, passages)
 
     def assess_target(
-        self,
-        backend: GeneratorBackend,
-        question: str,
-        passages: Sequence[Passage],
-        scorer: ConfidenceScorer,
-        *,
-        probe: bool | None = None,
+        self, backend: GeneratorBackend, question: str, passages: Sequence[Passage], judge: Judge
     ) -> Assessed:
         """An escalation target's assessed answer, from the cache when this target already
         answered this question with these passages: the target then generates nothing (and a
         local model, which loads its weights on first use, is not even loaded). The
-        confidence is always recomputed with ``scorer``. For
-        ``Guardrail.escalate(assess=...)``."""
-        if probe is None:
-            probe = self.guardrail.wants_probe(None, scorer)
-        settings = {**self._settings(backend), "escalation": True, "abstain_probe": probe}
+        confidence is always recomputed by ``judge``."""
+        settings = {**self._settings(backend), "escalation": True, "abstain_probe": judge.probe}
         key = _key(settings, question, passages)
         data = self.cache.escalation(key)
         if data is None:
-            assessed = self.guardrail.assess(backend, question, passages, scorer, probe=probe)
+            assessed = self.guardrail.assess(backend, question, passages, judge)
             parametric = assessed.parametric
             self.cache.put_escalation(
                 key,
@@ -304,21 +321,22 @@ class EvalRunner:
             parametric_first_entropy=data.get("parametric_first_entropy"),
             has_passages=bool(passages),
         )
-        return Assessed(
-            backend=backend,
-            generation=Generation(
-                text=data["answer"],
-                stats=TokenStats.empty(),
-                prompt_tokens=0,
-                finish_reason="newline",
-            ),
-            parametric=None,
-            answer=data["answer"],
-            abstained=data["abstained"],
-            signals=signals,
-            flags=flags,
-            confidence=scorer.confidence(signals, abstained=data["abstained"]),
-            timings=data["timings"],
+        return stored_assessed(
+            backend, data["answer"], data["abstained"], signals, flags, data["timings"], judge
+        )
+
+    def assessed(self, record: Record, judge: Judge) -> Assessed:
+        """The generator's assessed answer as a record stored it, with ``judge``'s confidence
+        (the replay's first answer)."""
+        flags = dict.fromkeys(record.flags, "recorded")
+        return stored_assessed(
+            self.guardrail.backend,
+            record.answer,
+            record.abstained,
+            record.signals,
+            flags,
+            record.timings,
+            judge,
         )
 
     def run(
@@ -364,7 +382,10 @@ class EvalRunner:
         self, item: EvalItem, passages: Sequence[Passage], retrieve_seconds: float
     ) -> dict[str, Any]:
         guardrail = self.guardrail
-        assessed = guardrail.assess(guardrail.backend, item.question, passages, probe=self.probe)
+        judge = guardrail.judge()
+        if judge.probe != self.probe:
+            judge = replace(judge, probe=self.probe)
+        assessed = guardrail.assess(guardrail.backend, item.question, passages, judge)
         gold = None
         if item.open_retrieval and item.meta.get("gold_passage"):
             wanted = item.meta["gold_passage"]
