@@ -324,15 +324,15 @@ def test_response_to_dict_is_json_serialisable(policy: Policy) -> None:
 # ---------------------------------------------------------------- calibrated policies
 
 
-def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
+def calibrated_guard(folder: Path, signal: str) -> Guardrail:
+    """A pipeline whose policy's calibrator reads one signal: the higher, the more likely
+    right (fitted on 30 rows)."""
     from guardrail.calibration import ABSTAINED, LogisticCalibrator
     from guardrail.policy_runtime import scorer_for
 
-    # A calibrator on one signal: the higher mean_logprob, the more likely right.
-    rows = [{"mean_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
-    labels = [i >= 12 for i in range(30)]
-    LogisticCalibrator(("mean_logprob",)).fit(rows, labels).save(tmp_path / "cal.json")
-    policy_file = tmp_path / "calibrated.yaml"
+    rows = [{signal: -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
+    LogisticCalibrator((signal,)).fit(rows, [i >= 12 for i in range(30)]).save(folder / "cal.json")
+    policy_file = folder / "calibrated.yaml"
     policy_file.write_text(
         "version: 1\nname: calibrated\n"
         "thresholds: {answer: 0.9, hedge: 0.5, otherwise: defer}\n"
@@ -340,7 +340,12 @@ def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
     )
     policy = load_policy_setting(str(policy_file))
     scorer = scorer_for(policy, policy_file.parent)
-    guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
+    return Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
+
+
+def test_a_calibrated_policy_scores_with_its_calibrator(tmp_path: Path) -> None:
+    guard = calibrated_guard(tmp_path, "mean_logprob")
+    scorer = guard.scorer
     response = guard.ask("What is the capital of France?", passages=[PARIS])
     assert response.confidence_method == "calibrated:logistic"
     expected = scorer.confidence(response.signals, abstained=False)
@@ -409,21 +414,7 @@ def test_the_abstention_probe_runs_only_when_something_needs_it(
 
 
 def test_a_policy_whose_calibrator_reads_the_probe_wants_it(tmp_path: Path) -> None:
-    from guardrail.calibration import ABSTAINED, LogisticCalibrator
-    from guardrail.policy_runtime import scorer_for
-
-    rows = [{"abstain_logprob": -3.0 + 0.1 * i, ABSTAINED: 0.0} for i in range(30)]
-    calibrator = LogisticCalibrator(("abstain_logprob",))
-    calibrator.fit(rows, [i >= 12 for i in range(30)]).save(tmp_path / "cal.json")
-    policy_file = tmp_path / "calibrated.yaml"
-    policy_file.write_text(
-        "version: 1\nname: calibrated\n"
-        "thresholds: {answer: 0.9, hedge: 0.5, otherwise: defer}\n"
-        "calibration: {calibrator: cal.json, target_error: 0.1, delta: 0.1}\n"
-    )
-    policy = load_policy_setting(str(policy_file))
-    scorer = scorer_for(policy, policy_file.parent)
-    guard = Guardrail(backend=confident("Paris"), policy=policy, confidence=scorer)
+    guard = calibrated_guard(tmp_path, "abstain_logprob")
     # The judge holds the policy's own calibrator, which reads abstain_logprob.
     assert guard.judge().probe
     response = guard.ask("What is the capital of France?", passages=[PARIS])
