@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,9 +250,9 @@ class EvalRunner:
 
     def __post_init__(self) -> None:
         self.settings = self._settings(self.guardrail.backend)
-        self.probe = self.guardrail.judge().probe
-        """Whether this runner's records measure ``abstain_logprob`` (what the base policy's
-        judge needs)."""
+        self.judge = self.guardrail.judge()
+        """The base policy's judge, fixed for the run: it measures the records (and says
+        whether they carry ``abstain_logprob``)."""
 
     def _settings(self, backend: GeneratorBackend) -> dict[str, Any]:
         """What, besides question and passages, decides ``backend``'s answer (cache keys)."""
@@ -358,10 +358,10 @@ class EvalRunner:
             data = self.cache.record(key)
             # A record made without the abstention probe cannot serve a run that needs it; one
             # made with it serves a run that does not, once the probe's part is taken out.
-            if data is None or (self.probe and "abstain_probe" not in data["timings"]):
+            if data is None or (self.judge.probe and "abstain_probe" not in data["timings"]):
                 data = self._measure(item, passages, retrieve_seconds)
                 self.cache.put_record(key, data)
-            elif not self.probe:
+            elif not self.judge.probe:
                 data = _without_probe(data)
             # Text-only signals are recomputed (and timed) from the stored answer: adding or
             # changing one never reruns the model.
@@ -382,10 +382,7 @@ class EvalRunner:
         self, item: EvalItem, passages: Sequence[Passage], retrieve_seconds: float
     ) -> dict[str, Any]:
         guardrail = self.guardrail
-        judge = guardrail.judge()
-        if judge.probe != self.probe:
-            judge = replace(judge, probe=self.probe)
-        assessed = guardrail.assess(guardrail.backend, item.question, passages, judge)
+        assessed = guardrail.assess(guardrail.backend, item.question, passages, self.judge)
         gold = None
         if item.open_retrieval and item.meta.get("gold_passage"):
             wanted = item.meta["gold_passage"]
