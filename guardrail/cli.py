@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guardrail import policy_commands
+from guardrail import policy_commands, verifier_cli
 from guardrail.cli_settings import config_from, settings_from
 from guardrail.errors import GuardrailError
 from guardrail.evaluation import cli as evaluation_cli
@@ -202,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--index", dest="index_dir", type=Path, help="index directory")
     sub = parser.add_subparsers(dest="command", required=True)
-    for register_commands in (register, evaluation_cli.register, policy_commands.register):
+    for register_commands in (
+        register,
+        evaluation_cli.register,
+        policy_commands.register,
+        verifier_cli.register,
+    ):
         register_commands(sub, common)
     return parser
 

@@ -57,6 +57,10 @@ class GuardrailConfig(BaseSettings):
     """CPU threads for the local models (default: torch's choice)."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Precision of the local models' weights and activations."""
+    verifier: str = "default"
+    """The answerability verifier behind ``verifier_answerable`` and ``verifier_support``:
+    ``default`` (the artifact shipped with the package), a path to an artifact written by
+    ``guardrail verifier train``, or ``none`` (the two signals are then null)."""
     abstain_probe: bool | None = None
     """Whether to measure ``abstain_logprob`` (one extra forward pass, about 13% of a
     generation): ``None`` (the default) when the policy in force needs it (its calibrator's

@@ -52,6 +52,7 @@ from guardrail.errors import BackendError
 from guardrail.policy_runtime import PolicyRuntime
 from guardrail.render import text_pieces
 from guardrail.types import Generation, Response, TokenStats
+from guardrail.verifier import verifier_from_setting
 from policies import Policy
 from policies.loader import PolicySet
 from retrievers.embedding import SentenceTransformerEmbedder
@@ -305,13 +306,16 @@ class GuardedChatModel(BaseChatModel):
                     f"PolicySet or a PolicyRuntime; got {type(policy).__name__}"
                 )
             backend: GeneratorBackend = LangChainChatBackend(self.model)
-            # The sentence embedder of answer_sentence_similarity (loaded on first use): a
-            # calibrator fitted with it would read its absence as "answer not found".
+            # The sentence embedder of answer_sentence_similarity and the verifier (both
+            # loaded on first use): a calibrator fitted with them would read their absence as
+            # "answer not found".
+            config = self.config or GuardrailConfig()
             self._guard = Guardrail(
                 backend=backend,
                 policy=policy,
-                config=self.config,
+                config=config,
                 embedder=SentenceTransformerEmbedder(),
+                verifier=verifier_from_setting(config.verifier),
             )
         return self._guard
 

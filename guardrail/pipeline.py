@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from guardrail.assessment import FlagRules, is_abstention
@@ -34,8 +35,9 @@ from guardrail.models import model_spec, prepare_model
 from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
 from guardrail.prompts import prompt_for
 from guardrail.render import citations, cited_passages, render
-from guardrail.signals import SignalInputs, compute_signals, embedder_similarity
+from guardrail.signals import SignalInputs, Verify, compute_signals, embedder_similarity
 from guardrail.types import Response
+from guardrail.verifier import Verifier, verifier_from_setting
 from policies import Action, Policy
 from policies.escalation import BudgetLedger, EscalationLedger
 from policies.loader import PolicySet
@@ -116,6 +118,7 @@ class Guardrail:
         decision_log: DecisionLog | None = None,
         ledger: BudgetLedger | None = None,
         embedder: Embedder | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.backend = backend
         self.policies = _runtime(policy, confidence)
@@ -125,6 +128,12 @@ class Guardrail:
         self.embedder = embedder if embedder is not None else (index.embedder if index else None)
         self.similarity = embedder_similarity(self.embedder) if self.embedder else None
         self.config = config or GuardrailConfig()
+        # The answerability verifier behind the verifier_* signals (none: they are null).
+        self.verifier = verifier
+        self.verify: Verify | None = None
+        if verifier is not None:
+            # It reads the passages as far as the generator is shown them.
+            self.verify = partial(verifier.score, max_words=self.config.max_passage_words)
         self.flag_rules = flag_rules or FlagRules()
         self.decision_log = decision_log
         self.ledger: BudgetLedger = ledger or EscalationLedger()
@@ -176,6 +185,7 @@ class Guardrail:
             shadow=shadow,
             decision_log=DecisionLog(config.decision_log) if config.decision_log else None,
             embedder=embedder,
+            verifier=verifier_from_setting(config.verifier),
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -226,6 +236,7 @@ class Guardrail:
                 generation.probe_logprob,
                 question=question,
                 similarity=self.similarity,
+                verify=self.verify,
             )
         )
         signal_seconds = time.perf_counter() - start - score_seconds

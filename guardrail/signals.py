@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from guardrail.text import (
     STOP_WORDS,
@@ -35,6 +36,9 @@ from guardrail.text import (
     squad_tokens,
 )
 from guardrail.types import TokenStats
+
+if TYPE_CHECKING:
+    from guardrail.verifier import VerifierScore
 from retrievers import Embedder, Passage
 
 
@@ -49,6 +53,14 @@ class SignalInputs:
     abstain_logprob: float | None = None
     question: str = ""
     similarity: Similarity | None = None
+    verify: Verify | None = None
+
+    @cached_property
+    def verification(self) -> VerifierScore | None:
+        """The verifier's scores of this question, passages and answer (None without one)."""
+        if self.verify is None or not self.passages:
+            return None
+        return self.verify(self.question, [p.text for p in self.passages], self.answer)
 
     @cached_property
     def question_words(self) -> list[str]:
@@ -100,6 +112,10 @@ class SignalInputs:
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 """Cosine similarity of a question to each of some sentences."""
 
+Verify = Callable[[str, Sequence[str], str], "VerifierScore"]
+"""The answerability verifier (``guardrail.verifier.Verifier.score``): question, passage
+texts, answer."""
+
 
 def embedder_similarity(embedder: Embedder) -> Similarity:
     """A ``Similarity`` from an embedder (its ``embed`` returns L2-normalised rows): one batch
@@ -128,6 +144,9 @@ class Needs(Enum):
     """The text and the retrieval scores alone: no model output but the answer."""
     EMBEDDER = "text + embedder"
     """Text, as ``TEXT``, and the sentence embedder."""
+    VERIFIER = "verifier"
+    """The trained answerability verifier (``guardrail.verifier``): text only, read by a
+    small encoder independent of the generator."""
 
 
 class Group(Enum):
@@ -150,6 +169,9 @@ class Group(Enum):
     """The retriever's scores."""
     PROBE = "probe"
     """The abstention probe."""
+    VERIFIER = "verifier"
+    """The trained answerability verifier: whether the passages answer the question, and
+    whether the answer's own sentence does, whoever wrote the answer."""
 
 
 @dataclass(frozen=True)
@@ -463,6 +485,31 @@ def _question_negated(x: SignalInputs) -> float | None:
     return float(negated(x.question)) if x.question.strip() else None
 
 
+@_signal(+1, Group.VERIFIER, Needs.VERIFIER)
+def _verifier_answerable(x: SignalInputs) -> float | None:
+    """The verifier's probability that the best passage answers the question.
+
+    A logistic head on late-interaction features (how well each question word is covered by
+    the passage's tokens under all-MiniLM-L6-v2, the words and names the passage lacks,
+    question-window cosines), trained on labelled (question, passage) pairs
+    (``guardrail verifier train``); the highest over the passages. It reads neither the answer
+    nor the generator. None without passages or without a verifier."""
+    v = x.verification
+    return v.answerable if v is not None else None
+
+
+@_signal(+1, Group.VERIFIER, Needs.VERIFIER)
+def _verifier_support(x: SignalInputs) -> float | None:
+    """The verifier's probability that the answer's sentence answers the question.
+
+    The same features on the first sentence holding the answer with its neighbours, under a
+    head trained to tell the gold answer's sentence from the best-matching sentence of a
+    passage that lacks the answer and from other sentences of the right passage. None when
+    no passage holds the answer, and without a verifier."""
+    v = x.verification
+    return v.support if v is not None else None
+
+
 REGISTRY: tuple[Signal, ...] = tuple(_REGISTERED)
 """Every signal, in the order records and reports list them."""
 
@@ -472,10 +519,10 @@ SIGNALS: Mapping[str, SignalFn] = {s.name: s.compute for s in REGISTRY}
 SIGNAL_NAMES: frozenset[str] = frozenset(SIGNALS)
 
 TEXT_SIGNALS: frozenset[str] = frozenset(
-    s.name for s in REGISTRY if s.needs in (Needs.TEXT, Needs.EMBEDDER)
+    s.name for s in REGISTRY if s.needs in (Needs.TEXT, Needs.EMBEDDER, Needs.VERIFIER)
 )
-"""Signals computed from text, retrieval scores and the sentence embedder alone (no model
-output but the answer): they cost little next to the model and can be recomputed from a
+"""Signals computed from text, retrieval scores, the sentence embedder and the verifier alone
+(no model output but the answer): they cost little next to the model and can be recomputed from a
 stored answer at any time."""
 
 
@@ -489,10 +536,17 @@ def compute_text_signals(
     answer: str,
     passages: Sequence[Passage],
     similarity: Similarity | None = None,
+    verify: Verify | None = None,
 ) -> dict[str, float | None]:
     """The ``TEXT_SIGNALS`` of a stored answer, without the generator model."""
     inputs = SignalInputs(
-        answer, TokenStats.empty(), None, passages, question=question, similarity=similarity
+        answer,
+        TokenStats.empty(),
+        None,
+        passages,
+        question=question,
+        similarity=similarity,
+        verify=verify,
     )
     return {name: SIGNALS[name](inputs) for name in sorted(TEXT_SIGNALS)}
 

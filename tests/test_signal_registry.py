@@ -45,6 +45,8 @@ PINNED_FEATURES = (
     "question_negated",
     "retrieval_top_score",
     "retrieval_margin",
+    "verifier_answerable",
+    "verifier_support",
 )
 PINNED_DIRECTIONS = {
     "cg_mean": 1,
@@ -72,9 +74,12 @@ PINNED_DIRECTIONS = {
     "answer_sentence_similarity": 1,
     "negation_mismatch": -1,
     "question_negated": -1,
+    "verifier_answerable": 1,
+    "verifier_support": 1,
 }
 PINNED_TEXT_SIGNALS = set(PINNED_FEATURES[PINNED_FEATURES.index("answer_in_passages") :])
-"""The features from ``answer_in_passages`` on read only text, scores and the embedder."""
+"""The features from ``answer_in_passages`` on read only text, scores, the embedder and the
+verifier."""
 
 
 def test_every_signal_is_declared_once_with_a_direction_and_a_definition() -> None:
@@ -92,7 +97,9 @@ def test_the_orders_that_artifacts_and_reports_depend_on_are_unchanged() -> None
 
 
 def test_derived_sets_follow_the_registry() -> None:
-    text_only = {s.name for s in REGISTRY if s.needs in (Needs.TEXT, Needs.EMBEDDER)}
+    text_only = {
+        s.name for s in REGISTRY if s.needs in (Needs.TEXT, Needs.EMBEDDER, Needs.VERIFIER)
+    }
     assert TEXT_SIGNALS == text_only == PINNED_TEXT_SIGNALS
     assert set(DEFAULT_FEATURES) == {s.name for s in REGISTRY if s.feature}
     assert "abstain_logprob" not in DEFAULT_FEATURES

@@ -268,7 +268,9 @@ class EvalRunner:
     def _text_signals(
         self, question: str, answer: str, passages: Sequence[Passage]
     ) -> dict[str, float | None]:
-        return compute_text_signals(question, answer, passages, self.guardrail.similarity)
+        return compute_text_signals(
+            question, answer, passages, self.guardrail.similarity, self.guardrail.verify
+        )
 
     def passages_for(self, item: EvalItem) -> tuple[list[Passage], float]:
         """The item's own passages, or the retrieved top-k, and the retrieval seconds."""
