@@ -39,6 +39,7 @@ SIGNALS = frozenset(
         "mean_logprob",
         "mean_entropy",
         "min_token_prob",
+        "verifier_answerable",
     }
 )
 FLAGS = frozenset({"model_abstained", "knowledge_conflict", "no_passages"})

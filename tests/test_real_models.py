@@ -62,6 +62,31 @@ def test_answerable_question_is_answered_with_a_citation(guard: Guardrail) -> No
     # The index's embedder compares the question with the sentence that holds the answer.
     similarity = response.signals["answer_sentence_similarity"]
     assert similarity is not None and 0.2 < similarity <= 1.0
+    # The verifier finds the passages answer the question, and the answer's sentence too.
+    assert response.signals["verifier_answerable"] > 0.5
+    assert response.signals["verifier_support"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("question", "passage_id"),
+    [
+        # Each with the passage the full demo index ranks first for it: on a related
+        # subject, without the answer.
+        (
+            "What is the name of the cat owned by the mayor of Quillbright in 2031?",
+            "Civil_disobedience#12#1",
+        ),
+        ("Who was the president of France in 1990?", "Imperialism#25"),
+    ],
+)
+def test_questions_the_passages_do_not_answer_are_deferred(
+    guard: Guardrail, question: str, passage_id: str
+) -> None:
+    passage = next(p for p in load_documents(demo_corpus_path()) if p.id == passage_id)
+    response = guard.ask(question, passages=[passage])
+    assert response.action == Action.DEFER, (response.rule, response.reasons)
+    answerable = response.signals["verifier_answerable"]
+    assert answerable is not None and answerable < 0.5
 
 
 def test_question_outside_the_corpus_is_not_answered_outright(guard: Guardrail) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from guardrail.cli import main
+from guardrail.pipeline import load_policy_setting
 from guardrail.signals import REGISTRY, Group, Needs, SignalInputs, compute_text_signals
 from guardrail.types import TokenStats
 from guardrail.verifier import (
@@ -35,6 +36,7 @@ from guardrail.verifier_training import (
     load_pairs,
     support_examples,
 )
+from policies import Action, Assessment, decide
 from retrievers import Passage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "answerability"
@@ -262,3 +264,51 @@ def test_signals_read_the_verifier_once_and_are_null_without_it() -> None:
     assert bare["verifier_answerable"] is None and bare["verifier_support"] is None
     inputs = SignalInputs("Bergen", TokenStats.empty(), None, [], verify=verify)
     assert inputs.verification is None  # no passages: nothing to verify
+
+
+# -- the default policy ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("confidence", "answerable", "action", "rule"),
+    [
+        (0.45, 0.2, Action.DEFER, "passages-lack-answer"),  # would have hedged
+        (0.10, 0.2, Action.DEFER, "passages-lack-answer"),  # would have escalated
+        (0.45, 0.6, Action.HEDGE, "threshold:hedge"),
+        (0.10, 0.6, Action.ESCALATE, "threshold:otherwise"),
+        (0.70, 0.2, Action.ANSWER, "threshold:answer"),  # a confident model is not overruled
+        (0.45, None, Action.HEDGE, "threshold:hedge"),  # no verifier: the rule cannot match
+    ],
+)
+def test_balanced_defers_what_the_passages_do_not_answer(
+    confidence: float, answerable: float | None, action: Action, rule: str
+) -> None:
+    policy = load_policy_setting("balanced")
+    signals = {"verifier_answerable": answerable, "retrieval_top_score": 0.6}
+    decision = decide(Assessment(confidence, signals, frozenset()), policy)
+    assert (decision.action, decision.rule) == (action, rule)
+
+
+class CountingEncoder(TokenEncoder):
+    """The real encoder, counting the texts it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded: list[str] = []
+
+    def encode(self, texts, progress=None):  # type: ignore[no-untyped-def]
+        self.encoded.extend(texts)
+        return super().encode(texts, progress)
+
+
+def test_an_escalated_answer_reuses_the_encoded_question_and_passages() -> None:
+    encoder = CountingEncoder()
+    verifier = Verifier(VerifierModel.load(), encoder)
+    first = verifier.score("Where was the bell cast?", [TOWER], "Bergen")
+    count = len(encoder.encoded)
+    second = verifier.score("Where was the bell cast?", [TOWER], "in Bergen")
+    assert second.answerable == first.answerable
+    assert len(encoder.encoded) == count  # the same sentence holds both answers: all cached
+    uncached = Verifier(VerifierModel.load(), encoder, cache=0)
+    uncached.score("Where was the bell cast?", [TOWER], "Bergen")
+    assert len(encoder.encoded) == 2 * count
