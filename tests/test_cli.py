@@ -268,7 +268,12 @@ COMMANDS = [
     ["policy", "explain"],
     ["policy", "schema"],
     ["policy", "compare"],
+    ["verifier"],
+    ["verifier", "train"],
+    ["verifier", "score"],
+    ["verifier", "show"],
 ]
+GROUPS = ("policy", "verifier")
 
 # Each runnable command with its required arguments (nothing runs: they are only parsed).
 RUNNABLE = [
@@ -283,6 +288,9 @@ RUNNABLE = [
     ["policy", "explain", "balanced", "--signals", "{}"],
     ["policy", "schema"],
     ["policy", "compare", "log.jsonl"],
+    ["verifier", "train", "--out", "v.json"],
+    ["verifier", "score", "q", "--passage", "p"],
+    ["verifier", "show"],
 ]
 
 
@@ -304,9 +312,11 @@ def choices(help_text: str) -> set[str]:
 
 def test_the_commands_listed_here_are_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert choices(help_of(capsys)) == {c[0] for c in COMMANDS if len(c) == 1}
-    assert choices(help_of(capsys, "policy")) == {c[1] for c in COMMANDS if len(c) == 2}
-    assert {tuple(argv[:2]) if argv[0] == "policy" else (argv[0],) for argv in RUNNABLE} == {
-        tuple(c) for c in COMMANDS if c != ["policy"]
+    for group in GROUPS:
+        listed = {c[1] for c in COMMANDS if len(c) == 2 and c[0] == group}
+        assert choices(help_of(capsys, group)) == listed
+    assert {tuple(argv[:2]) if argv[0] in GROUPS else (argv[0],) for argv in RUNNABLE} == {
+        tuple(c) for c in COMMANDS if c[0] not in GROUPS or len(c) == 2
     }
 
 
