@@ -114,9 +114,9 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/verifier_ablation.json"
     )
-    parser.add_argument("--train-per-source", type=int, default=400)
-    parser.add_argument("--val2", type=int, default=300, help="pairs per val2 split")
-    parser.add_argument("--squad2-dev", type=int, default=500, help="SQuAD 2.0 dev test questions")
+    parser.add_argument("--train-per-source", type=int, default=200)
+    parser.add_argument("--val2", type=int, default=200, help="pairs per val2 split")
+    parser.add_argument("--squad2-dev", type=int, default=300, help="SQuAD 2.0 dev test questions")
     args = parser.parse_args()
     start = time.perf_counter()
     folder = args.data / "answerability"
