@@ -129,7 +129,6 @@ class Guardrail:
         self.similarity = embedder_similarity(self.embedder) if self.embedder else None
         self.config = config or GuardrailConfig()
         # The answerability verifier behind the verifier_* signals (none: they are null).
-        self.verifier = verifier
         self.verify: Verify | None = None
         if verifier is not None:
             # It reads the passages as far as the generator is shown them.

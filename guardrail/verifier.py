@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ from guardrail.errors import GuardrailError
 from guardrail.text import (
     STOP_WORDS,
     contains_phrase,
+    content_words,
     fold_quotes,
     normalize_answer,
     split_sentences,
@@ -145,6 +147,7 @@ class TokenEncoder:
         import torch
 
         tokenizer, model = self._load()
+        special = set(tokenizer.all_special_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[Encoded | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
@@ -164,7 +167,7 @@ class TokenEncoder:
                 vectors = hidden[row][mask[row]]
                 pooled = vectors.mean(axis=0)
                 tokens = tokenizer.convert_ids_to_tokens(ids)
-                keep = [j for j, t in enumerate(tokens) if t not in tokenizer.all_special_tokens]
+                keep = [j for j, t in enumerate(tokens) if t not in special]
                 out[i] = Encoded(
                     tuple(tokens[j] for j in keep),
                     _normalise(vectors[keep]) if keep else np.zeros((0, vectors.shape[1])),
@@ -244,7 +247,7 @@ class Rarity:
         return cls(dict(sorted(idf.items())), round(math.log((n + 1) / 2), 4))
 
 
-_NAME_OR_NUMBER = r"\b[A-Z][A-Za-z]+|\b\d+\b"
+_NAME_OR_NUMBER = re.compile(r"\b[A-Z][A-Za-z]+|\b\d+\b")
 
 
 def pair_features(
@@ -263,27 +266,25 @@ def pair_features(
     most similar to the question (best_window_*). missing_*: the question's content words
     absent from the text (share, share of their rarity, rarest one), names and numbers absent
     (count, share); then the question's length in words and the log of the text's."""
-    import re
-
     cosines = np.array([float(w.pooled @ encoded_question.pooled) for w in encoded_windows])
     best = int(cosines.argmax())
     keep = [i for i, t in enumerate(encoded_question.tokens) if _is_content_token(t)]
     if not keep:
         keep = list(range(len(encoded_question.tokens)))
-    q = encoded_question.vectors[keep] if keep else np.zeros((1, cosines.shape[0]))
+    q = encoded_question.vectors[keep]
     all_tokens = np.concatenate([w.vectors for w in encoded_windows if len(w.vectors)] or [q])
     align = (q @ all_tokens.T).max(axis=1) if len(q) else np.ones(1)
     best_tokens = encoded_windows[best].vectors
     align_best = (q @ best_tokens.T).max(axis=1) if len(best_tokens) and len(q) else align
     ordered = np.sort(align)
 
-    words = [w for w in split_words(question) if w not in STOP_WORDS and len(w) > 1]
+    words = content_words(question)
     text_words = set(split_words(text))
     best_words = set(split_words(window_texts[best]))
     total = sum(rarity(w) for w in words) or 1.0
     missing = [w for w in words if w not in text_words]
     missing_best = [w for w in words if w not in best_words]
-    names = re.findall(_NAME_OR_NUMBER, question[1:])
+    names = _NAME_OR_NUMBER.findall(question[1:])
     missing_names = [n for n in names if split_words(n) and split_words(n)[0] not in text_words]
     return [
         float(cosines.max()),

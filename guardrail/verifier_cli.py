@@ -105,7 +105,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from guardrail.verifier import Verifier
 
     score = Verifier.load(args.artifact).score(args.question, args.passage, args.answer)
-    print(json.dumps(score.__dict__, indent=2))
+    print(json.dumps(dataclasses.asdict(score), indent=2))
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +219,7 @@ def train(
         "fingerprint": fingerprint(pairs),
         "pairs": n,
         "support_examples": len(support),
-        "sources": dict(sorted(_counts(p.source for p in pairs).items())),
+        "sources": dict(sorted(Counter(p.source for p in pairs).items())),
         "splits": sorted({p.split for p in pairs}),
         "seed": seed,
         "C": C,
@@ -251,13 +252,6 @@ def _text_count(pairs: Sequence[tuple[str, str]]) -> int:
     from guardrail.verifier import windows
 
     return len({q for q, _ in pairs} | {w for _, t in pairs for w in windows(t)})
-
-
-def _counts(values: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return counts
 
 
 def _blank(rarity: Rarity) -> VerifierModel:
