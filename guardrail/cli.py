@@ -258,6 +258,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--upstream-url", help="proxy mode: the wrapped model server's /v1 URL")
     p.add_argument("--upstream-model", help="proxy mode: the model name to ask it for")
+    p.add_argument(
+        "--upstream-api",
+        choices=("chat", "completions"),
+        help="proxy mode: the upstream route that answers (default chat: /v1/chat/completions)",
+    )
+    p.add_argument(
+        "--guard",
+        help="proxy mode: the local model that reads the upstream's answers (default auto: "
+        "the embedded model; none: no guard model)",
+    )
     _policy_options(p)
     p.set_defaults(func=cmd_serve)
 

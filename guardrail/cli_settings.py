@@ -31,6 +31,8 @@ OPTION_SETTINGS: tuple[str, ...] = (
     "mode",
     "upstream_url",
     "upstream_model",
+    "upstream_api",
+    "guard",
 )
 """Settings an option of the same name (``--top-k`` for ``top_k``) overrides when given."""
 

@@ -37,10 +37,24 @@ class GuardrailConfig(BaseSettings):
     decision_log: Path | None = None
     """Append every decision record to this JSON Lines file."""
     generator: str = "gemma-3-270m"
-    """The local model that answers."""
+    """The local model that answers (in proxy mode: the default guard model)."""
     upstream_url: str | None = None
     """Proxy mode: the OpenAI-compatible server (``http://host:8001/v1``) whose model answers
-    instead of the local one; it must return ``logprobs`` on ``/v1/completions``."""
+    instead of the local one."""
+    upstream_api: Literal["chat", "completions"] = "chat"
+    """The upstream route that answers: ``chat`` (``/v1/chat/completions``, what nearly every
+    chatbot serves) or ``completions`` (``/v1/completions`` with the few-shot prompt; its
+    ``echo`` can score the answer without the passages)."""
+    upstream_logprobs: bool | None = None
+    """Ask the upstream for token log-probabilities: ``None`` (the default) until it refuses
+    them once, ``True`` always (a refusal is an error), ``False`` never."""
+    guard: str = "auto"
+    """The local model that reads an upstream's answer (proxy mode): teacher-forced with and
+    without the passages, it gives the Confidence Gain and token signals of an answer another
+    model wrote. ``auto``: the local model ``generator`` guards in proxy mode (in embedded mode
+    the generator scores its own answers); a local model name: that model guards; ``none``:
+    no guard (only an upstream ``completions`` route with ``echo`` can then give Confidence
+    Gain)."""
     upstream_model: str | None = None
     """The model name to ask the upstream server for (default: ``generator``)."""
     upstream_api_key: SecretStr | None = None

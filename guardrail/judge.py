@@ -16,7 +16,7 @@ answer, then each escalation target's on demand), so that a caller with answers 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from guardrail.backends.base import GeneratorBackend
@@ -65,6 +65,8 @@ class Assessed:
     flags: Mapping[str, str]
     confidence: float
     timings: Mapping[str, float]
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each signal that has a value came from (``guardrail.signals.SOURCES``)."""
 
     def assessment(self) -> Assessment:
         """What the policy decides on."""

@@ -12,8 +12,11 @@ is the rendered answer and whose ``response_metadata["guardrail"]`` is the decis
 Where the wrapped model returns token log-probabilities (``ChatOpenAI(logprobs=True)``, or
 :class:`LocalChatModel`), they feed the signals; where it does not, those signals are
 ``None`` (unavailable) and the policy decides on the rest. The no-passage pass of Confidence
-Gain needs teacher forcing, which only a model that exposes a local backend offers
-(:class:`LocalChatModel`); otherwise the Confidence Gain signals are unavailable.
+Gain needs teacher forcing: a model that exposes a local backend (:class:`LocalChatModel`)
+scores its own answers; any other model's answer is read by the local guard model (the
+embedded model, setting ``guard``), which gives the Confidence Gain signals (and the token
+signals, where the wrapped model returned no log-probabilities). ``guard: none`` leaves them
+unavailable.
 
 ``guard_rag(retriever, model)`` turns the two parts of an existing RAG chain into a runnable
 with the chain's usual types (a question string in, the answer string out), and
@@ -23,7 +26,6 @@ for LCEL pipelines that route on the action.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +47,14 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from guardrail.backends.base import GeneratorBackend
-from guardrail.backends.openai_compat import ScoringUnavailable, topk_token_stats
+from guardrail.backends.chat import (
+    MESSAGES_MARK,
+    chat_token_stats,
+    first_line,
+    messages_prompt,
+    prompt_messages,
+)
+from guardrail.backends.openai_compat import ScoringUnavailable
 from guardrail.backends.transformers import TransformersBackend
 from guardrail.config import GuardrailConfig
 from guardrail.errors import BackendError
@@ -58,7 +67,6 @@ from policies.loader import PolicySet
 from retrievers.embedding import SentenceTransformerEmbedder
 from retrievers.types import Passage
 
-_MESSAGES = "\x00langchain-messages\x00"
 _ROLES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 
 
@@ -99,12 +107,10 @@ class LangChainChatBackend:
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """The messages, kept as messages (``generate`` sends them as LangChain messages)."""
-        return _MESSAGES + json.dumps([list(m) for m in messages])
+        return messages_prompt(messages)
 
     def _messages(self, prompt: str) -> list[BaseMessage]:
-        if prompt.startswith(_MESSAGES):
-            return [_ROLES[role](content) for role, content in json.loads(prompt[len(_MESSAGES) :])]
-        return [HumanMessage(prompt)]
+        return [_ROLES[role](content) for role, content in prompt_messages(prompt)]
 
     def generate(
         self,
@@ -121,33 +127,12 @@ class LangChainChatBackend:
         except Exception as exc:  # any provider error: the pipeline reports it as a backend error
             raise BackendError(f"the wrapped chat model {self.name} failed: {exc}") from exc
         text = _text(reply.content)
-        entries = logprob_entries(reply) or []
-        # The answer is the first line, as guardrail's prompts ask for: so are its tokens.
-        first_line = text.strip().split("\n", 1)[0].strip()
-        kept, seen = [], ""
-        for entry in entries:
-            piece = str(entry.get("token", ""))
-            if "\n" in piece and seen.strip():
-                break
-            kept.append(entry)
-            seen += piece
-        entries = kept
-        stats = TokenStats.empty()
-        if entries:
-            ids = reply.response_metadata.get("token_ids")
-            token_ids = list(ids)[: len(entries)] if isinstance(ids, list) else None
-            stats = topk_token_stats(
-                [str(e.get("token", "")) for e in entries],
-                [float(e.get("logprob", 0.0)) for e in entries],
-                [
-                    {str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []}
-                    for e in entries
-                ],
-                self._id,
-                token_ids,
-            )
+        ids = reply.response_metadata.get("token_ids")
+        stats = chat_token_stats(
+            logprob_entries(reply) or [], self._id, list(ids) if isinstance(ids, list) else None
+        )
         return Generation(
-            text=first_line,
+            text=first_line(text),
             stats=stats,
             prompt_tokens=0,
             finish_reason="newline",
@@ -162,10 +147,8 @@ class LangChainChatBackend:
                 f"{self.name} cannot score a given answer (no teacher forcing through "
                 "LangChain); the Confidence Gain signals are unavailable"
             )
-        if prompt.startswith(_MESSAGES):
-            prompt = local.render_chat(
-                [(role, content) for role, content in json.loads(prompt[len(_MESSAGES) :])]
-            )
+        if prompt.startswith(MESSAGES_MARK):
+            prompt = local.render_chat(prompt_messages(prompt))
         return local.score(prompt, continuation)
 
 
@@ -295,7 +278,7 @@ class GuardedChatModel(BaseChatModel):
     def guard(self) -> Any:
         """The guardrail pipeline around the wrapped model (built on first use)."""
         if self._guard is None:
-            from guardrail.pipeline import Guardrail
+            from guardrail.pipeline import Guardrail, guard_backend
 
             policy = self.policy
             if isinstance(policy, str):
@@ -310,12 +293,16 @@ class GuardedChatModel(BaseChatModel):
             # loaded on first use): a calibrator fitted with them would read their absence as
             # "answer not found".
             config = self.config or GuardrailConfig()
+            # A model with a local backend scores its own answers; any other is read by the
+            # local guard model (setting guard; ``none`` leaves Confidence Gain unavailable).
+            scores_itself = getattr(self.model, "guardrail_backend", None) is not None
             self._guard = Guardrail(
                 backend=backend,
                 policy=policy,
                 config=config,
                 embedder=SentenceTransformerEmbedder(),
                 verifier=verifier_from_setting(config.verifier),
+                guard=guard_backend(config, scores_itself=scores_itself),
             )
         return self._guard
 

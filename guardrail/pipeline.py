@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
+from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.config import GuardrailConfig
 from guardrail.decision_log import DecisionLog
@@ -35,8 +36,14 @@ from guardrail.models import model_spec, prepare_model
 from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
 from guardrail.prompts import prompt_for
 from guardrail.render import citations, cited_passages, render
-from guardrail.signals import SignalInputs, Verify, compute_signals, embedder_similarity
-from guardrail.types import Response
+from guardrail.signals import (
+    SignalInputs,
+    Verify,
+    compute_signals,
+    embedder_similarity,
+    signal_sources,
+)
+from guardrail.types import Response, TokenStats
 from guardrail.verifier import Verifier, verifier_from_setting
 from policies import Action, Policy
 from policies.escalation import BudgetLedger, EscalationLedger
@@ -68,13 +75,35 @@ def local_backend(config: GuardrailConfig, model: str) -> TransformersBackend:
 
 def generator_backend(config: GuardrailConfig) -> GeneratorBackend:
     """The model that answers: the embedded one, or (proxy mode, ``upstream_url`` set) the
-    wrapped chatbot's OpenAI-compatible server."""
+    wrapped chatbot's OpenAI-compatible server, on its chat or completions route."""
     if config.upstream_url:
         key = config.upstream_api_key.get_secret_value() if config.upstream_api_key else None
-        return OpenAICompatibleBackend(
-            config.upstream_url, config.upstream_model or config.generator, api_key=key
-        )
+        model = config.upstream_model or config.generator
+        if config.upstream_api == "chat":
+            return OpenAIChatBackend(
+                config.upstream_url, model, api_key=key, logprobs=config.upstream_logprobs
+            )
+        return OpenAICompatibleBackend(config.upstream_url, model, api_key=key)
     return local_backend(config, config.generator)
+
+
+def guard_model_name(config: GuardrailConfig, *, scores_itself: bool | None = None) -> str | None:
+    """The local model that reads the generator's answers, or None when the generator scores
+    its own (``scores_itself``; default: only without an upstream, the embedded model does)
+    or the setting ``guard`` is ``none``."""
+    if scores_itself is None:
+        scores_itself = not config.upstream_url
+    if scores_itself or config.guard == "none":
+        return None
+    return config.generator if config.guard == "auto" else config.guard
+
+
+def guard_backend(
+    config: GuardrailConfig, *, scores_itself: bool | None = None
+) -> GeneratorBackend | None:
+    """The backend of ``guard_model_name`` (converted on first use, loaded lazily), or None."""
+    name = guard_model_name(config, scores_itself=scores_itself)
+    return local_backend(config, name) if name else None
 
 
 def check_question(question: object, max_chars: int) -> str:
@@ -119,8 +148,12 @@ class Guardrail:
         ledger: BudgetLedger | None = None,
         embedder: Embedder | None = None,
         verifier: Verifier | None = None,
+        guard: GeneratorBackend | None = None,
     ) -> None:
         self.backend = backend
+        # A local model that reads the generator's answers when the generator cannot score
+        # them itself (proxy mode): the Confidence Gain and token signals come from it.
+        self.guard = guard
         self.policies = _runtime(policy, confidence)
         self.shadow = _runtime(shadow, None) if shadow is not None else None
         self.index = index
@@ -185,6 +218,7 @@ class Guardrail:
             decision_log=DecisionLog(config.decision_log) if config.decision_log else None,
             embedder=embedder,
             verifier=verifier_from_setting(config.verifier),
+            guard=guard_backend(config),
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -204,10 +238,13 @@ class Guardrail:
         question: str,
         passages: Sequence[Passage],
         judge: Judge | None = None,
+        guard: GeneratorBackend | None = None,
     ) -> Assessed:
         """Generate with passages, score without them, measure, and give the confidence of
         ``judge`` (default: the base policy's), which also says whether to measure
-        ``abstain_logprob``."""
+        ``abstain_logprob``. With a ``guard`` model, the guard reads the answer with and
+        without the passages (the Confidence Gain signals, and the token signals where the
+        generator returned no token statistics); otherwise the generator scores its own."""
         judge = judge or self.judge()
         probe = judge.probe
         prompts = prompt_for(backend, self.config.max_passage_words)
@@ -219,23 +256,32 @@ class Guardrail:
         answer = generation.text
         abstained = is_abstention(answer)
         start = time.perf_counter()
-        parametric = None
-        if generation.stats.token_ids:
-            try:
-                parametric = backend.score(prompts.parametric(question), generation.stats.token_ids)
-            except ScoringUnavailable:
-                parametric = None  # the Confidence Gain signals are then unavailable (null)
+        own = generation.stats
+        if guard is not None:
+            contextual, parametric = self._guard_passes(guard, question, passages, answer)
+            tokens_source = "generator" if own.token_ids else "guard"
+            sources = signal_sources(tokens=tokens_source, parametric="guard")
+            tokens = own if own.token_ids else None
+        else:
+            contextual, parametric, tokens = own, None, None
+            if own.token_ids:
+                try:
+                    parametric = backend.score(prompts.parametric(question), own.token_ids)
+                except ScoringUnavailable:
+                    parametric = None  # the Confidence Gain signals are then unavailable (null)
+            sources = signal_sources(tokens="generator", parametric="generator")
         score_seconds = time.perf_counter() - start
         signals = compute_signals(
             SignalInputs(
                 answer,
-                generation.stats,
+                contextual,
                 parametric,
                 passages,
                 generation.probe_logprob,
                 question=question,
                 similarity=self.similarity,
                 verify=self.verify,
+                tokens=tokens,
             )
         )
         signal_seconds = time.perf_counter() - start - score_seconds
@@ -260,7 +306,22 @@ class Guardrail:
                 "score": score_seconds,
                 "signals": signal_seconds,
             },
+            sources={k: v for k, v in sources.items() if signals.get(k) is not None},
         )
+
+    def _guard_passes(
+        self, guard: GeneratorBackend, question: str, passages: Sequence[Passage], answer: str
+    ) -> tuple[TokenStats, TokenStats | None]:
+        """The guard model's reading of ``answer`` (re-tokenised by the guard) after its own
+        contextual prompt and after its no-passage prompt: two teacher-forced passes."""
+        if not answer:
+            return TokenStats.empty(), None
+        prompts = prompt_for(guard, self.config.max_passage_words)
+        # A few-shot prompt ends at "Answer:"; the answer follows a space, as generated.
+        continuation = answer if guard.chat else " " + answer
+        contextual = guard.score(prompts.contextual(question, passages), continuation)
+        parametric = guard.score(prompts.parametric(question), continuation)
+        return contextual, parametric
 
     def escalation_backend(self, target: str) -> GeneratorBackend:
         """The backend of a configured escalation target, built on first use (a
@@ -286,8 +347,9 @@ class Guardrail:
         the question with these passages (an ``AnswerSource`` for ``judge_question``)."""
 
         def answer(target: str | None) -> Assessed:
-            backend = self.backend if target is None else self.escalation_backend(target)
-            return self.assess(backend, question, passages, judge)
+            if target is None:
+                return self.assess(self.backend, question, passages, judge, self.guard)
+            return self.assess(self.escalation_backend(target), question, passages, judge)
 
         return answer
 
@@ -350,6 +412,7 @@ class Guardrail:
             confidence=assessed.confidence,
             confidence_method=judge.scorer.method,
             signals=dict(assessed.signals),
+            signal_sources=dict(assessed.sources),
             flags=tuple(sorted(assessed.flags)),
             flag_details=dict(assessed.flags),
             citations=cited,

@@ -54,6 +54,15 @@ class SignalInputs:
     question: str = ""
     similarity: Similarity | None = None
     verify: Verify | None = None
+    tokens: TokenStats | None = None
+    """The answering model's own token record when ``contextual`` is another model's reading
+    of the answer (a guard model teacher-forced it); None: ``contextual`` is the answering
+    model's own."""
+
+    @property
+    def own_tokens(self) -> TokenStats:
+        """The token record the token signals read (``tokens``, else ``contextual``)."""
+        return self.tokens if self.tokens is not None else self.contextual
 
     @cached_property
     def verification(self) -> VerifierScore | None:
@@ -278,32 +287,32 @@ def _parametric_logprob(x: SignalInputs) -> float | None:
 @_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _mean_logprob(x: SignalInputs) -> float | None:
     """Mean log-probability of the answer tokens with the passages."""
-    return _mean(x.contextual.logprobs)
+    return _mean(x.own_tokens.logprobs)
 
 
 @_signal(-1, Group.TOKEN, Needs.TOKENS)
 def _mean_entropy(x: SignalInputs) -> float | None:
     """Mean entropy ``H(p_ctx,t)`` of the answer's next-token distributions."""
-    return _mean(x.contextual.entropies)
+    return _mean(x.own_tokens.entropies)
 
 
 @_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _min_token_prob(x: SignalInputs) -> float | None:
     """Probability of the least likely answer token."""
-    lps = x.contextual.logprobs
+    lps = x.own_tokens.logprobs
     return math.exp(min(lps)) if lps else None
 
 
 @_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _first_token_margin(x: SignalInputs) -> float | None:
     """Probability gap between the two most likely tokens at the first answer position."""
-    return x.contextual.margins[0] if x.contextual.margins else None
+    return x.own_tokens.margins[0] if x.own_tokens.margins else None
 
 
 @_signal(+1, Group.TOKEN, Needs.TOKENS)
 def _self_certainty(x: SignalInputs) -> float | None:
     """Self-certainty: the mean KL divergence of uniform from each next-token distribution."""
-    return _mean(x.contextual.kl_uniform)
+    return _mean(x.own_tokens.kl_uniform)
 
 
 @_signal(+1, Group.RETRIEVAL, Needs.TEXT)
@@ -344,7 +353,10 @@ def _abstain_logprob(x: SignalInputs) -> float | None:
 @_signal(-1, Group.TOKEN, Needs.TOKENS)
 def _answer_tokens(x: SignalInputs) -> float | None:
     """The number of answer tokens."""
-    return float(len(x.contextual))
+    tokens = x.own_tokens
+    if not tokens.token_ids and x.answer:
+        return None  # an answer whose tokens nobody returned
+    return float(len(tokens))
 
 
 @_signal(+1, Group.GROUNDING, Needs.TEXT)
@@ -529,6 +541,30 @@ stored answer at any time."""
 def compute_signals(inputs: SignalInputs) -> dict[str, float | None]:
     """Every registered signal for one answer."""
     return {name: fn(inputs) for name, fn in SIGNALS.items()}
+
+
+SOURCES = ("generator", "guard", "probe", "retrieval", "text", "embedder", "verifier")
+"""Where a signal's value comes from: the answering model's own tokens (``generator``: the
+embedded model, an escalation target, or the upstream's ``logprobs``), a local ``guard`` model
+that teacher-forced the answer, the generator's abstention ``probe``, the retrieval scores,
+the text alone, the sentence ``embedder``, the answerability ``verifier``."""
+
+
+def signal_sources(*, tokens: str, parametric: str) -> dict[str, str]:
+    """The source of every registered signal (one of ``SOURCES``), given who produced the token
+    record the token signals read (``tokens``) and the two passes of Confidence Gain
+    (``parametric``): ``generator`` or ``guard``."""
+    by_needs = {
+        Needs.TOKENS: tokens,
+        Needs.PARAMETRIC: parametric,
+        Needs.PROBE: "probe",
+        Needs.TEXT: "text",
+        Needs.EMBEDDER: "embedder",
+        Needs.VERIFIER: "verifier",
+    }
+    return {
+        s.name: "retrieval" if s.group is Group.RETRIEVAL else by_needs[s.needs] for s in REGISTRY
+    }
 
 
 def compute_text_signals(

@@ -115,6 +115,10 @@ class Response:
     """The decision of the configured shadow policy on the same answer, if there is one."""
     recorded_at: float = field(default_factory=time.time)
     """When the decision was made (seconds since the epoch)."""
+    signal_sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each signal with a value came from: ``generator`` (the answering model's own
+    tokens), ``guard`` (a local model that read the answer), ``probe``, ``retrieval``,
+    ``text``, ``embedder`` or ``verifier``."""
 
     def __post_init__(self) -> None:
         if not self.policy_action:
@@ -126,4 +130,5 @@ class Response:
         data["signals"] = dict(self.signals)
         data["timings"] = dict(self.timings)
         data["flag_details"] = dict(self.flag_details)
+        data["signal_sources"] = dict(self.signal_sources)
         return data

@@ -37,6 +37,7 @@ GUARDRAIL_FIELDS = (
     "confidence",
     "confidence_method",
     "signals",
+    "signal_sources",
     "flags",
     "citations",
     "policy_name",

@@ -17,10 +17,12 @@ import pytest
 from redis_server import free_port
 from test_service import serve, settings
 
+from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.config import GuardrailConfig
 from guardrail.pipeline import Guardrail, local_backend
 from guardrail.policy_runtime import PolicyRuntime
+from guardrail.prompts import FewShotPrompt
 from retrievers import HashingEmbedder, Passage, PassageIndex
 from service import create_app
 
@@ -147,6 +149,38 @@ def test_proxy_mode_end_to_end_through_the_chat_api(model_server: str, tmp_path:
     assert "Lyon" in completion.choices[0].message.content or decision["action"] == "defer"
 
 
+@pytest.mark.slow
+def test_the_guard_model_reads_the_chat_upstreams_answer(model_server: str) -> None:
+    """The chat route answers; the local guard model (the same weights, in this process)
+    teacher-forces that answer with and without the passages."""
+    local = local_backend(GuardrailConfig(), MODEL)
+    upstream = OpenAIChatBackend(model_server, MODEL)
+    pipeline = Guardrail(
+        backend=upstream, policy=PolicyRuntime.from_setting("balanced"), guard=local
+    )
+    response = pipeline.ask("Who signed the coalition agreement?", passages=[KENYA])
+    assert response.answer
+    sources = response.signal_sources
+    assert sources["cg_mean"] == sources["parametric_agreement"] == "guard"
+    assert sources["mean_logprob"] == "generator"  # the chat route returned logprobs
+    # The guard's no-passage reading of the upstream's answer, by hand:
+    prompts = FewShotPrompt(GuardrailConfig().max_passage_words)
+    by_hand = local.score(prompts.parametric(response.question), " " + response.answer)
+    assert response.signals["parametric_logprob"] == pytest.approx(
+        sum(by_hand.logprobs) / len(by_hand.logprobs), abs=1e-4
+    )
+    # Without the upstream's logprobs the token signals are the guard's reading too.
+    quiet = Guardrail(
+        backend=OpenAIChatBackend(model_server, MODEL, logprobs=False),
+        policy=PolicyRuntime.from_setting("balanced"),
+        guard=local,
+    )
+    again = quiet.ask("Who signed the coalition agreement?", passages=[KENYA])
+    assert again.answer == response.answer
+    assert again.signal_sources["mean_logprob"] == "guard"
+    assert again.signals["cg_mean"] == pytest.approx(response.signals["cg_mean"], abs=1e-4)
+
+
 def test_a_server_without_echo_leaves_the_confidence_gain_unavailable() -> None:
     """A genuine (scripted) OpenAI-compatible server that refuses echo, over httpx's
     transport: generation works, the parametric pass is reported as unavailable."""
@@ -189,8 +223,9 @@ def test_a_server_without_echo_leaves_the_confidence_gain_unavailable() -> None:
 
 @pytest.mark.slow
 def test_guarded_chat_openai_against_the_model_server(model_server: str) -> None:
-    """LangChain's ChatOpenAI over real HTTP, wrapped: its log-probabilities feed the signals;
-    without teacher forcing through LangChain the Confidence Gain signals are unavailable."""
+    """LangChain's ChatOpenAI over real HTTP, wrapped: its log-probabilities feed the token
+    signals and the local guard model gives Confidence Gain; with ``guard: none`` and no
+    log-probabilities those signals are unavailable."""
     from langchain_openai import ChatOpenAI
 
     from guardrail.langchain import GuardedChatModel
@@ -204,14 +239,20 @@ def test_guarded_chat_openai_against_the_model_server(model_server: str) -> None
     assert record["model"] == MODEL
     assert record["answer"]
     assert record["signals"]["mean_logprob"] is not None
-    assert record["signals"]["cg_mean"] is None
+    assert record["signal_sources"]["mean_logprob"] == "generator"
+    # The local guard model read the answer: Confidence Gain is measured.
+    assert record["signals"]["cg_mean"] is not None
+    assert record["signal_sources"]["cg_mean"] == "guard"
     assert record["citations"][0]["id"] == "lyon"
 
     plain = GuardedChatModel(
-        model=ChatOpenAI(**common, max_tokens=24), retriever=IndexRetriever(index=index, k=1)
+        model=ChatOpenAI(**common, max_tokens=24),
+        retriever=IndexRetriever(index=index, k=1),
+        config=GuardrailConfig(guard="none"),
     )
     record = plain.invoke("What is the capital of France?").response_metadata["guardrail"]
     assert record["signals"]["mean_logprob"] is None
+    assert record["signals"]["cg_mean"] is None
 
 
 def scripted_server(tokens: list[str], echo_tokens: list[str] | None) -> httpx.MockTransport:

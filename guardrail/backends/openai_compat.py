@@ -7,7 +7,10 @@ answer, and reads the answer tokens' log-probabilities back. The distributions a
 returns are top-k, not the whole vocabulary, so entropies and margins are computed on the
 renormalised top-k (``TokenStats.full_vocab`` is false) and are smaller than the embedded
 model's. A server that refuses ``echo`` makes the Confidence Gain signals unavailable
-(``ScoringUnavailable``), and the policy decides on the rest.
+(``ScoringUnavailable``), and the policy decides on the rest; a server that returns no
+``logprobs`` leaves the token signals unavailable too (a local guard model can then read the
+answer instead: see ``guardrail.pipeline``). The chat route is in
+``guardrail.backends.openai_chat``.
 """
 
 from __future__ import annotations
@@ -76,10 +79,32 @@ def topk_token_stats(
     )
 
 
-class OpenAICompatibleBackend:
-    """A ``GeneratorBackend`` over ``base_url`` (which ends in ``/v1``) and one model name."""
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``, stripped (the answer the pipeline judges)."""
+    for line in text.strip().split("\n"):
+        if line.strip():
+            return line.strip()
+    return ""
 
-    chat = False  # few-shot completion prompts: they work with base and instruct models
+
+def prompt_token_count(data: dict[str, Any]) -> int:
+    usage = data.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+
+
+def first_choice(data: dict[str, Any], shown_url: str) -> dict[str, Any]:
+    """The first choice of a completion, or a ``BackendError`` for a malformed reply."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BackendError(f"the model server at {shown_url} returned no choices")
+    choice: dict[str, Any] = choices[0]
+    return choice
+
+
+class OpenAIClient:
+    """The HTTP side shared by the backends over an OpenAI-compatible server: one client for
+    ``base_url`` (which ends in ``/v1``) and one model name, errors that never show
+    credentials, and stable ids for token texts (the servers do not return their own)."""
 
     def __init__(
         self,
@@ -111,7 +136,10 @@ class OpenAICompatibleBackend:
                 self._pieces.append(piece)
             return self._vocab[piece]
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(
+        self, path: str, body: dict[str, Any], refused: type[BackendError] = BackendError
+    ) -> dict[str, Any]:
+        """POST ``body``; a 4xx/5xx answer raises ``refused`` with the server's message."""
         try:
             response = self._client.post(path, json=body)
         except httpx.HTTPError as exc:
@@ -123,12 +151,26 @@ class OpenAICompatibleBackend:
                 detail = str(response.json()["error"]["message"])[:200]
             except (ValueError, KeyError, TypeError):
                 detail = "no error message"
-            error = ScoringUnavailable if body.get("echo") else BackendError
-            raise error(
+            raise refused(
                 f"the model server at {self._shown_url} answered {response.status_code}: {detail}"
             )
-        data: dict[str, Any] = response.json()
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise BackendError(
+                f"the model server at {self._shown_url} answered with something not JSON"
+            ) from exc
         return data
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+
+class OpenAICompatibleBackend(OpenAIClient):
+    """A ``GeneratorBackend`` over a server's ``/v1/completions`` route."""
+
+    chat = False  # few-shot completion prompts: they work with base and instruct models
 
     def _stats(
         self, tokens: Sequence[str], logprobs: Sequence[float], tops: Sequence[dict[str, float]]
@@ -143,7 +185,8 @@ class OpenAICompatibleBackend:
         temperature: float = 0.0,
         probe: str | None = None,
     ) -> Generation:
-        """Greedy completion up to the first newline, with top-k log-probabilities."""
+        """Greedy completion up to the first newline, with top-k log-probabilities where the
+        server returns them (without: the text alone, and empty token statistics)."""
         start = time.perf_counter()
         data = self._post(
             "/completions",
@@ -156,15 +199,21 @@ class OpenAICompatibleBackend:
                 "stop": ["\n"],
             },
         )
-        choice = data["choices"][0]
+        choice = first_choice(data, self._shown_url)
         logprobs = choice.get("logprobs") or {}
         tokens = list(logprobs.get("tokens") or [])
         values = [float(v) for v in logprobs.get("token_logprobs") or []]
         tops = [t or {} for t in logprobs.get("top_logprobs") or [{}] * len(tokens)]
-        if "tokens" not in logprobs or len(values) != len(tokens):
-            raise BackendError(
-                f"the model server at {self._shown_url} returned no token log-probabilities; "
-                "proxy mode needs `logprobs` on /v1/completions"
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "newline"
+        if not tokens or len(values) != len(tokens) or len(tops) != len(tokens):
+            # A server without log-probabilities: the answer is still judged, on the signals
+            # that do not need the generator's tokens.
+            return Generation(
+                text=first_line(str(choice.get("text") or "")),
+                stats=TokenStats.empty(),
+                prompt_tokens=prompt_token_count(data),
+                finish_reason=finish,
+                seconds=time.perf_counter() - start,
             )
         # The answer is the text up to the first newline, as the few-shot prompt expects.
         keep = len(tokens)
@@ -174,11 +223,10 @@ class OpenAICompatibleBackend:
                 break
         tokens, values, tops = tokens[:keep], values[:keep], tops[:keep]
         text = "".join(tokens).strip()
-        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "newline"
         return Generation(
             text=text,
             stats=self._stats(tokens, values, tops),
-            prompt_tokens=int((data.get("usage") or {}).get("prompt_tokens") or 0),
+            prompt_tokens=prompt_token_count(data),
             finish_reason=finish,
             seconds=time.perf_counter() - start,
         )
@@ -203,6 +251,7 @@ class OpenAICompatibleBackend:
                 "logprobs": self.top_logprobs,
                 "echo": True,
             },
+            refused=ScoringUnavailable,
         )
         logprobs = data["choices"][0].get("logprobs") or {}
         offsets = logprobs.get("text_offset") or []
@@ -237,7 +286,3 @@ class OpenAICompatibleBackend:
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """Not used: proxy mode prompts with plain few-shot text."""
         raise NotImplementedError("the OpenAI-compatible backend uses few-shot prompts")
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._client.close()
