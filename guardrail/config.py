@@ -59,6 +59,12 @@ class GuardrailConfig(BaseSettings):
     """The model name to ask the upstream server for (default: ``generator``)."""
     upstream_api_key: SecretStr | None = None
     """The upstream server's API key, if it needs one (never logged)."""
+    rewriter: str = "auto"
+    """The model that rewrites a follow-up question of a conversation into a standalone one
+    before retrieval and judgement: ``auto`` (the model that answers when it is a chat model,
+    as a proxy-mode upstream or a wrapped LangChain model is; otherwise the first escalation
+    target's local model, else the generator), ``generator`` (the model that answers), a
+    local model name, or ``none`` (the last question is used as asked)."""
     escalation_targets: dict[str, str] = Field(
         default_factory=lambda: {"larger": "qwen2.5-0.5b-instruct"}
     )

@@ -306,19 +306,32 @@ class GuardedChatModel(BaseChatModel):
             )
         return self._guard
 
-    def decide(self, question: str) -> Response:
-        """The full guardrail response for one question."""
-        documents = self.retriever.invoke(question) if self.retriever is not None else []
+    def decide(self, question: str, history: Sequence[tuple[str, str]] = ()) -> Response:
+        """The full guardrail response for one question (after ``history``, the earlier
+        ``(role, content)`` turns: a follow-up is rewritten into a standalone question, and
+        the retriever searches for that)."""
+
+        def search(standalone: str) -> list[Passage]:
+            if self.retriever is None:
+                return []
+            return _passages(self.retriever.invoke(standalone))
+
         response: Response = self.guard.ask(
-            question, passages=_passages(documents), tenant=self.tenant
+            question, tenant=self.tenant, history=history, search=search
         )
         return response
 
     @staticmethod
-    def _question(messages: Sequence[BaseMessage]) -> str:
-        for message in reversed(messages):
-            if isinstance(message, HumanMessage):
-                return _text(message.content)
+    def _conversation(messages: Sequence[BaseMessage]) -> tuple[str, list[tuple[str, str]]]:
+        """The last human message, and the human and AI messages before it."""
+        for position in range(len(messages) - 1, -1, -1):
+            if isinstance(messages[position], HumanMessage):
+                history = [
+                    ("user" if isinstance(m, HumanMessage) else "assistant", _text(m.content))
+                    for m in messages[:position]
+                    if isinstance(m, HumanMessage | AIMessage)
+                ]
+                return _text(messages[position].content), history
         raise ValueError("the conversation has no human message; the last one is the question")
 
     def _message(self, response: Response) -> AIMessage:
@@ -334,7 +347,7 @@ class GuardedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        response = self.decide(self._question(messages))
+        response = self.decide(*self._conversation(messages))
         return ChatResult(generations=[ChatGeneration(message=self._message(response))])
 
     def _stream(
@@ -345,7 +358,7 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """The decision is made first; then its text streams, and the record comes last."""
-        response = self.decide(self._question(messages))
+        response = self.decide(*self._conversation(messages))
         for piece in text_pieces(response.text):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:

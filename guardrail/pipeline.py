@@ -29,6 +29,7 @@ from guardrail.backends.base import GeneratorBackend
 from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.config import GuardrailConfig
+from guardrail.conversation import Turn, needs_rewrite, standalone_question
 from guardrail.decision_log import DecisionLog
 from guardrail.errors import ConfigError, QuestionError
 from guardrail.judge import Assessed, ConfidenceScorer, Judge, judge_question
@@ -149,6 +150,7 @@ class Guardrail:
         embedder: Embedder | None = None,
         verifier: Verifier | None = None,
         guard: GeneratorBackend | None = None,
+        rewriter: str | GeneratorBackend | None = None,
     ) -> None:
         self.backend = backend
         # A local model that reads the generator's answers when the generator cannot score
@@ -172,6 +174,11 @@ class Guardrail:
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
         self._escalation_lock = threading.Lock()
+        # The rewriter of follow-up questions: a backend, a setting resolved on first use
+        # (see GuardrailConfig.rewriter), or None for none.
+        self._rewriter: str | GeneratorBackend | None = (
+            rewriter if rewriter is not None else self.config.rewriter
+        )
 
     def judge(self, tenant: str | None = None) -> Judge:
         """The judge in force for ``tenant`` (the base policy's for ``None``): the one place
@@ -239,6 +246,8 @@ class Guardrail:
         passages: Sequence[Passage],
         judge: Judge | None = None,
         guard: GeneratorBackend | None = None,
+        *,
+        history: Sequence[Turn] = (),
     ) -> Assessed:
         """Generate with passages, score without them, measure, and give the confidence of
         ``judge`` (default: the base policy's), which also says whether to measure
@@ -249,7 +258,7 @@ class Guardrail:
         probe = judge.probe
         prompts = prompt_for(backend, self.config.max_passage_words)
         generation = backend.generate(
-            prompts.contextual(question, passages),
+            prompts.contextual(question, passages, history),
             max_new_tokens=self.config.max_new_tokens,
             probe=prompts.abstain_probe if probe else None,
         )
@@ -323,6 +332,40 @@ class Guardrail:
         parametric = guard.score(prompts.parametric(question), continuation)
         return contextual, parametric
 
+    def rewriter(self) -> GeneratorBackend | None:
+        """The model that rewrites follow-up questions (resolved and built on first use), or
+        None (setting ``rewriter: none``)."""
+        with self._escalation_lock:
+            if isinstance(self._rewriter, str):
+                self._rewriter = self._rewriter_backend_locked(self._rewriter)
+            return self._rewriter
+
+    def _rewriter_backend_locked(self, setting: str) -> GeneratorBackend | None:
+        if setting == "none":
+            return None
+        if setting == "generator" or (setting == "auto" and self.backend.chat):
+            return self.backend
+        targets = self.config.escalation_targets
+        if setting == "auto":
+            if not self._escalation_factories:
+                return self.backend
+            setting = targets.get(next(iter(self._escalation_factories)), "")
+        # A local model: the escalation target's instance when one runs that model.
+        for target, model in targets.items():
+            if model == setting and target in self._escalation_factories:
+                return self._escalation_backend_locked(target)
+        return local_backend(self.config, setting)
+
+    def standalone(self, history: Sequence[Turn], question: str) -> str:
+        """``question`` rewritten to stand without ``history`` (as asked when there is no
+        earlier user turn, no rewriter, or no usable rewrite)."""
+        if not needs_rewrite(history):
+            return question
+        rewriter = self.rewriter()
+        if rewriter is None:
+            return question
+        return standalone_question(rewriter, history, question)
+
     def escalation_backend(self, target: str) -> GeneratorBackend:
         """The backend of a configured escalation target, built on first use (a
         ``ConfigError`` for an unconfigured one)."""
@@ -341,15 +384,22 @@ class Guardrail:
         return self._escalation_backends[target]
 
     def answers(
-        self, question: str, passages: Sequence[Passage], judge: Judge
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        judge: Judge,
+        history: Sequence[Turn] = (),
     ) -> Callable[[str | None], Assessed]:
         """The assessed answer of the generator (``None``) or of an escalation target, to
         the question with these passages (an ``AnswerSource`` for ``judge_question``)."""
 
         def answer(target: str | None) -> Assessed:
             if target is None:
-                return self.assess(self.backend, question, passages, judge, self.guard)
-            return self.assess(self.escalation_backend(target), question, passages, judge)
+                return self.assess(
+                    self.backend, question, passages, judge, self.guard, history=history
+                )
+            backend = self.escalation_backend(target)
+            return self.assess(backend, question, passages, judge, history=history)
 
         return answer
 
@@ -360,20 +410,31 @@ class Guardrail:
         *,
         passages: Sequence[Passage] | None = None,
         tenant: str | None = None,
+        history: Sequence[Turn] = (),
+        search: Callable[[str], Sequence[Passage]] | None = None,
     ) -> Response:
         """Answer, hedge, defer or escalate one question, with the full decision record.
 
         ``tenant`` picks the tenant's policy from the policy file (the base policy when the
         file has no overrides for it). In shadow mode the decision is recorded but the
-        model's answer passes through unchanged.
+        model's answer passes through unchanged. ``history``: the conversation's earlier
+        ``(role, content)`` turns; a follow-up is rewritten into a standalone question (the
+        record keeps both), and a chat model is shown the conversation. ``search`` finds the
+        passages of the (standalone) question instead of the index (a LangChain retriever).
         """
-        question = self.check_question(question)
+        asked = self.check_question(question)
         judge = self.judge(tenant)
         policy = judge.policy
         start = time.perf_counter()
-        found = list(passages) if passages is not None else self.retrieve(question)
+        question = self.standalone(history, asked)
+        rewrite_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        if passages is not None:
+            found = list(passages)
+        else:
+            found = list(search(question)) if search is not None else self.retrieve(question)
         retrieve_seconds = time.perf_counter() - start
-        verdict = judge_question(judge, self.answers(question, found, judge), self.ledger)
+        verdict = judge_question(judge, self.answers(question, found, judge, history), self.ledger)
         assessed, decision, escalated = verdict.assessed, verdict.decision, verdict.escalated
         shadow_mode = judge.shadow_mode
         parametric_answer = None
@@ -424,10 +485,12 @@ class Guardrail:
             escalated=escalated,
             parametric_answer=parametric_answer,
             timings={
+                **({"rewrite": rewrite_seconds} if needs_rewrite(history) else {}),
                 "retrieve": retrieve_seconds,
                 **assessed.timings,
-                "total": time.perf_counter() - start,
+                "total": time.perf_counter() - start + rewrite_seconds,
             },
+            original_question=asked if needs_rewrite(history) else None,
             tenant=tenant,
             mode=policy.mode,
             policy_action=decision.action.value,

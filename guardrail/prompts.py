@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from guardrail.backends.base import GeneratorBackend
+from guardrail.conversation import Turn, earlier_turns
 from retrievers import Passage
 
 ABSTAIN_WORD = "unanswerable"
@@ -57,8 +58,11 @@ def passage_as_data(text: str, max_words: int) -> str:
 class PromptBuilder(Protocol):
     """Builds the two prompts the pipeline runs for one question."""
 
-    def contextual(self, question: str, passages: Sequence[Passage]) -> str:
-        """The prompt with the passages."""
+    def contextual(
+        self, question: str, passages: Sequence[Passage], history: Sequence[Turn] = ()
+    ) -> str:
+        """The prompt with the passages (and, for chat models, the conversation before the
+        question)."""
         ...
 
     def parametric(self, question: str) -> str:
@@ -83,8 +87,11 @@ class FewShotPrompt:
     instruction: str = ""
     """An optional first paragraph that states the task."""
 
-    def contextual(self, question: str, passages: Sequence[Passage]) -> str:
-        """Examples, then the passages as one context block, then the question."""
+    def contextual(
+        self, question: str, passages: Sequence[Passage], history: Sequence[Turn] = ()
+    ) -> str:
+        """Examples, then the passages as one context block, then the question (standalone:
+        a base model's few-shot frame has no place for the conversation)."""
         blocks = [self.instruction] if self.instruction else []
         blocks += [f"Context: {c}\nQuestion: {q}\nAnswer: {a}" for c, q, a in self.examples]
         context = (
@@ -118,15 +125,20 @@ class ChatPrompt:
     max_passage_words: int = 160
     abstain_probe: str = ABSTAIN_WORD
 
-    def contextual(self, question: str, passages: Sequence[Passage]) -> str:
-        """System rules, then the passages in tags and the question in the user turn."""
+    def contextual(
+        self, question: str, passages: Sequence[Passage], history: Sequence[Turn] = ()
+    ) -> str:
+        """System rules, the conversation's earlier user and assistant turns, then the
+        passages in tags and the question in the last user turn."""
         quoted = "\n".join(
             f'<passage id="{i}">{_escape_tags(passage_as_data(p.text, self.max_passage_words))}'
             "</passage>"
             for i, p in enumerate(passages, start=1)
         )
         user = f"Passages:\n{quoted or '(no documents)'}\n\nQuestion: {_one_line(question)}"
-        return self.backend.render_chat([("system", _SYSTEM_CONTEXT), ("user", user)])
+        return self.backend.render_chat(
+            [("system", _SYSTEM_CONTEXT), *earlier_turns(history), ("user", user)]
+        )
 
     def parametric(self, question: str) -> str:
         """The same question with no passages."""

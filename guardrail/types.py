@@ -115,6 +115,9 @@ class Response:
     """The decision of the configured shadow policy on the same answer, if there is one."""
     recorded_at: float = field(default_factory=time.time)
     """When the decision was made (seconds since the epoch)."""
+    original_question: str | None = None
+    """In a conversation: the last user message as asked (``question`` is then its standalone
+    rewrite, the question retrieved for and judged); None without earlier turns."""
     signal_sources: Mapping[str, str] = field(default_factory=dict)
     """Where each signal with a value came from: ``generator`` (the answering model's own
     tokens), ``guard`` (a local model that read the answer), ``probe``, ``retrieval``,

@@ -8,7 +8,10 @@ reply's text is the rendered answer, hedge or defer message; a ``guardrail`` obj
 reasons, decision id). The decision is made before the first byte is streamed, so a stream
 never carries unguarded text. ``GET /v1/models`` lists the one model name it serves.
 
-Earlier turns of the conversation are not used yet: the question must stand on its own.
+Earlier turns count: the last user message is the question, and the user and assistant
+messages before it are the conversation, from which a follow-up ("and when did it end?") is
+rewritten into a standalone question before retrieval and judgement (setting ``rewriter``);
+the decision keeps both (``question`` and ``original_question``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ GUARDRAIL_FIELDS = (
     "confidence_method",
     "signals",
     "signal_sources",
+    "question",
+    "original_question",
     "flags",
     "citations",
     "policy_name",
@@ -108,9 +113,21 @@ class ChatRequest(BaseModel):
 
     def question(self) -> str:
         """The last user message's text."""
-        for message in reversed(self.messages):
-            if message.role == "user":
-                return message.text()
+        return self.messages[self._last_user()].text()
+
+    def history(self) -> list[tuple[str, str]]:
+        """The user and assistant messages before the last user message, as
+        ``(role, content)`` (system, developer and tool messages are not part of it)."""
+        return [
+            (m.role, m.text())
+            for m in self.messages[: self._last_user()]
+            if m.role in ("user", "assistant")
+        ]
+
+    def _last_user(self) -> int:
+        for position in range(len(self.messages) - 1, -1, -1):
+            if self.messages[position].role == "user":
+                return position
         raise ApiError(
             400,
             "no_user_message",
@@ -162,7 +179,9 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     """An OpenAI chat completion whose content is guardrail's decision, rendered."""
     _check_model(body, settings.served_model)
-    record = await answerer.answer(guard, body.question(), None, caller, endpoint="chat")
+    record = await answerer.answer(
+        guard, body.question(), None, caller, endpoint="chat", history=body.history()
+    )
     completion_id = "chatcmpl-" + str(record["id"]).removeprefix("dec_")
     created = int(time.time())
     extra = guardrail_object(record)

@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
+from guardrail.conversation import needs_rewrite
 from guardrail.pipeline import Guardrail
 from retrievers.types import Passage
 from service.errors import ApiError
@@ -62,16 +64,19 @@ class Answerer:
         caller: Caller,
         *,
         endpoint: str,
+        history: Sequence[tuple[str, str]] = (),
     ) -> dict[str, Any]:
-        """The decision record for one question, recorded (with its ``id``) and counted."""
+        """The decision record for one question, recorded (with its ``id``) and counted.
+        A follow-up in a conversation (``history`` with an earlier user turn) is never served
+        from the response cache: its meaning depends on the turns before it."""
         question = guard.check_question(question)
         await self._limit(caller)
         key = None
-        if self.settings.cache_ttl_seconds and passages is None and guard.index is not None:
+        index = guard.index
+        cacheable = passages is None and index is not None and not needs_rewrite(history)
+        if self.settings.cache_ttl_seconds and cacheable and index is not None:
             policy = guard.policy_for(caller.tenant)
-            key = cache_key(
-                question, guard.index.corpus_version, policy.content_hash, caller.tenant
-            )
+            key = cache_key(question, index.corpus_version, policy.content_hash, caller.tenant)
             cached = await run_in_threadpool(self._cache_get, key)
             if cached is not None:
                 self.metrics.cache_hits.inc()
@@ -79,7 +84,7 @@ class Answerer:
                 record = {**cached, "cached": True, "recorded_at": time.time(), "timings": {}}
                 return await self._record(record, endpoint)
         response = await run_in_threadpool(
-            guard.ask, question, passages=passages, tenant=caller.tenant
+            partial(guard.ask, question, passages=passages, tenant=caller.tenant, history=history)
         )
         record = {**response.to_dict(), "cached": False}
         if key is not None:

@@ -63,7 +63,7 @@ async def answer(
     """Answer, hedge, defer or escalate one question, with the full decision record (its
     ``id`` names it for ``/v1/feedback``). The caller's API key picks the tenant's policy."""
     return await answerer.answer(
-        guard, body.question, body.to_passages(), caller, endpoint="answer"
+        guard, body.question, body.to_passages(), caller, endpoint="answer", history=body.turns()
     )
 
 

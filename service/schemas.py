@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrievers.types import Passage
@@ -9,11 +11,16 @@ from retrievers.types import Passage
 MAX_PASSAGES = 20
 """At most this many passages per request; each costs prompt tokens and time."""
 
+MAX_HISTORY = 50
+"""At most this many earlier turns per request (the rewriter reads the last few)."""
+
 USAGE = (
     'expected a JSON object {"question": "...", "passages": [{"text": "...", "id": "...", '
-    '"title": "...", "source": "..."}]} where "passages" is optional (at most '
+    '"title": "...", "source": "..."}], "history": [{"role": "user"|"assistant", "content": '
+    '"..."}]} where "passages" is optional (at most '
     f"{MAX_PASSAGES}; without it the server searches its index) and each passage needs only "
-    '"text"'
+    '"text", and "history" (optional, the conversation before the question, at most '
+    f"{MAX_HISTORY} turns) makes a follow-up question stand on its own"
 )
 """What a valid /v1/answer body looks like, appended to every request error."""
 
@@ -56,6 +63,15 @@ class PassageIn(BaseModel):
         return value
 
 
+class TurnIn(BaseModel):
+    """One earlier message of the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class AnswerRequest(BaseModel):
     """The body of ``POST /v1/answer``."""
 
@@ -67,6 +83,16 @@ class AnswerRequest(BaseModel):
         max_length=MAX_PASSAGES,
         description="Answer from these instead of the index; [] means no documents at all.",
     )
+    history: list[TurnIn] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description="The conversation before the question, oldest first; a follow-up is "
+        "rewritten into a standalone question (the record keeps both).",
+    )
+
+    def turns(self) -> list[tuple[str, str]]:
+        """The history as ``(role, content)`` pairs."""
+        return [(turn.role, turn.content) for turn in self.history]
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AnswerRequest:

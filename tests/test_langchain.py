@@ -19,6 +19,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 from pydantic import Field
 
+from guardrail.config import GuardrailConfig
 from guardrail.langchain import GuardedChatModel, LocalChatModel, guard_rag
 from retrievers import HashingEmbedder, Passage, PassageIndex
 from retrievers.langchain import IndexRetriever
@@ -31,6 +32,9 @@ ATLAS = [
 ]
 INDEX = PassageIndex.build(ATLAS, HashingEmbedder(), progress=False)
 QUESTION = "What is the capital of France?"
+NO_GUARD = GuardrailConfig(guard="none")
+"""These tests are about the wrapper's mechanics: no local guard model reads the answers (the
+guard model is tested with the real models in test_proxy_mode.py)."""
 
 
 class TestIndexRetrieverStandard(RetrieversIntegrationTests):
@@ -87,7 +91,9 @@ def retriever() -> IndexRetriever:
 
 @pytest.fixture
 def guarded() -> Iterator[GuardedChatModel]:
-    yield GuardedChatModel(model=LogprobChatModel(), retriever=retriever(), policy="balanced")
+    yield GuardedChatModel(
+        model=LogprobChatModel(), retriever=retriever(), policy="balanced", config=NO_GUARD
+    )
 
 
 def test_invoke_returns_the_decision_in_an_ai_message(guarded: GuardedChatModel) -> None:
@@ -134,7 +140,7 @@ def test_stream_batch_and_async(guarded: GuardedChatModel) -> None:
 
 def test_a_model_without_logprobs_leaves_those_signals_unavailable() -> None:
     plain = GuardedChatModel(
-        model=FakeListChatModel(responses=["Paris"] * 3), retriever=retriever()
+        model=FakeListChatModel(responses=["Paris"] * 3), retriever=retriever(), config=NO_GUARD
     )
     record = plain.invoke(QUESTION).response_metadata["guardrail"]
     assert record["answer"] == "Paris"
@@ -149,7 +155,7 @@ def test_a_model_without_logprobs_leaves_those_signals_unavailable() -> None:
 
 
 def test_no_retriever_means_no_documents() -> None:
-    lonely = GuardedChatModel(model=LogprobChatModel())
+    lonely = GuardedChatModel(model=LogprobChatModel(), config=NO_GUARD)
     record = lonely.invoke(QUESTION).response_metadata["guardrail"]
     assert record["action"] == "defer" and record["rule"] == "no-passages"
 
@@ -179,14 +185,16 @@ def test_guard_rag_keeps_the_chain_types() -> None:
         | model
         | StrOutputParser()
     )
-    guarded = guard_rag(retriever(), model)
+    guarded = guard_rag(retriever(), model, config=NO_GUARD)
     assert isinstance(plain.invoke(QUESTION), str)
     answer = guarded.invoke(QUESTION)
     assert isinstance(answer, str) and answer.startswith("Paris")
     # Out of its documents, the guarded chain defers where the plain one answers anyway.
     off_topic = "Who won the 2022 FIFA World Cup?"
     assert plain.invoke(off_topic) == "Paris"
-    refusal = guard_rag(IndexRetriever(index=INDEX, k=1), FakeListChatModel(responses=["Paris"]))
+    refusal = guard_rag(
+        IndexRetriever(index=INDEX, k=1), FakeListChatModel(responses=["Paris"]), config=NO_GUARD
+    )
     assert "I don't know" in refusal.invoke(off_topic)
 
 
