@@ -31,9 +31,10 @@ def build_guard(settings: ServiceSettings) -> Guardrail:
         guard.ledger = ledger  # escalation budgets hold across replicas sharing Redis
     # Local backends and the embedder load their weights on first use; do it now so that
     # "ready" means a request does not wait for a model to load.
-    load = getattr(guard.backend, "load", None)
-    if callable(load):
-        load()
+    for backend in (guard.backend, guard.guard):  # the generator, and proxy mode's guard
+        load = getattr(backend, "load", None)
+        if callable(load):
+            load()
     guard.retrieve("warm-up")
     return guard
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.config import GuardrailConfig
 from guardrail.errors import BackendError, ModelUnavailableError
+from guardrail.evaluation.datasets import EvalItem
+from guardrail.evaluation.runner import EvalRunner, RecordCache
 from guardrail.pipeline import Guardrail, generator_backend, guard_backend, guard_model_name
 from guardrail.policy_runtime import PolicyRuntime
 from guardrail.prompts import prompt_for
@@ -247,3 +250,31 @@ def test_every_registered_signal_has_a_source() -> None:
         assert sources["verifier_answerable"] == "verifier"
         assert sources["mean_entropy"] == tokens
         assert sources["abstain_logprob"] == "probe"
+
+
+def test_the_evaluation_runs_proxy_mode_with_its_guard(tmp_path: Path) -> None:
+    """The evaluation measures a chat upstream's answers through the guard, and keeps such
+    runs apart from others in its cache (route, logprobs and guard are in the key)."""
+    item = EvalItem(
+        id="q1",
+        question="What is the capital of France?",
+        answers=("Lyon",),
+        unanswerable=False,
+        passages=(LYON,),
+    )
+    keys = []
+    for logprobs, guard in ((None, guard_model()), (False, guard_model()), (None, None)):
+        server = ChatServer("Lyon", [(" Lyon", -0.1)])
+        pipeline = Guardrail(
+            backend=server.backend(logprobs=logprobs), policy=balanced(), guard=guard
+        )
+        runner = EvalRunner(pipeline, RecordCache(tmp_path), progress=False)
+        (record,) = runner.run([item])
+        assert (record.signals["cg_mean"] is not None) is (guard is not None)
+        keys.append(record.key)
+    assert len(set(keys)) == 3
+    # A second run of the same setting is served from the cache: no upstream request.
+    server = ChatServer("Lyon", [(" Lyon", -0.1)])
+    pipeline = Guardrail(backend=server.backend(), policy=balanced(), guard=guard_model())
+    (again,) = EvalRunner(pipeline, RecordCache(tmp_path), progress=False).run([item])
+    assert again.key == keys[0] and server.bodies == []

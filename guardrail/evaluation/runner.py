@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from guardrail.assessment import is_abstention
 from guardrail.backends.base import GeneratorBackend
+from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.scoring import answer_correct, best_f1, exact_match, outcome_correct
 from guardrail.judge import PROBE_SIGNALS, Assessed, Judge
@@ -257,13 +258,20 @@ class EvalRunner:
     def _settings(self, backend: GeneratorBackend) -> dict[str, Any]:
         """What, besides question and passages, decides ``backend``'s answer (cache keys)."""
         config = self.guardrail.config
-        return {
+        settings: dict[str, Any] = {
             "model": backend.name,
             "dtype": config.dtype,
             "prompt": prompt_fingerprint(backend, config.max_passage_words),
             "max_new_tokens": config.max_new_tokens,
             "max_passage_words": config.max_passage_words,
         }
+        # Proxy mode's route and guard decide the signals too (absent otherwise, so that the
+        # embedded model's cached runs keep their keys).
+        if isinstance(backend, OpenAIChatBackend):
+            settings["route"] = {"api": "chat", "logprobs": backend.logprobs}
+        if backend is self.guardrail.backend and self.guardrail.guard is not None:
+            settings["guard"] = self.guardrail.guard.name
+        return settings
 
     def _text_signals(
         self, question: str, answer: str, passages: Sequence[Passage]
@@ -384,7 +392,9 @@ class EvalRunner:
         self, item: EvalItem, passages: Sequence[Passage], retrieve_seconds: float
     ) -> dict[str, Any]:
         guardrail = self.guardrail
-        assessed = guardrail.assess(guardrail.backend, item.question, passages, self.judge)
+        assessed = guardrail.assess(
+            guardrail.backend, item.question, passages, self.judge, guardrail.guard
+        )
         gold = None
         if item.open_retrieval and item.meta.get("gold_passage"):
             wanted = item.meta["gold_passage"]
