@@ -60,6 +60,7 @@ from guardrail.config import GuardrailConfig
 from guardrail.errors import BackendError
 from guardrail.policy_runtime import PolicyRuntime
 from guardrail.render import text_pieces
+from guardrail.text import valid_unicode
 from guardrail.types import Generation, Response, TokenStats
 from guardrail.verifier import verifier_from_setting
 from policies import Policy
@@ -126,7 +127,7 @@ class LangChainChatBackend:
             reply = self.model.invoke(self._messages(prompt))
         except Exception as exc:  # any provider error: the pipeline reports it as a backend error
             raise BackendError(f"the wrapped chat model {self.name} failed: {exc}") from exc
-        text = _text(reply.content)
+        text = valid_unicode(_text(reply.content))
         ids = reply.response_metadata.get("token_ids")
         stats = chat_token_stats(
             logprob_entries(reply) or [], self._id, list(ids) if isinstance(ids, list) else None

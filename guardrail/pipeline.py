@@ -44,6 +44,7 @@ from guardrail.signals import (
     embedder_similarity,
     signal_sources,
 )
+from guardrail.text import printable, surrogate_at
 from guardrail.types import Response, TokenStats
 from guardrail.verifier import Verifier, verifier_from_setting
 from policies import Action, Policy
@@ -112,6 +113,12 @@ def check_question(question: object, max_chars: int) -> str:
     if not isinstance(question, str):
         raise QuestionError(f"the question must be text, got {type(question).__name__}")
     stripped = question.strip()
+    at = surrogate_at(stripped)
+    if at is not None:
+        raise QuestionError(
+            f"the question holds an unpaired UTF-16 surrogate "
+            f"({printable(stripped[at])}) at character {at}; it must be valid Unicode text"
+        )
     if not stripped:
         raise QuestionError("the question is empty; ask a question in words")
     if len(stripped) > max_chars:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -98,3 +99,32 @@ _NEGATION = re.compile(
 def negated(text: str) -> bool:
     """Whether ``text`` holds a negation word (``_NEGATION``)."""
     return bool(_NEGATION.search(text.lower()))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate code point: never valid on its own in text (it cannot be encoded)."""
+
+
+def surrogate_at(text: str) -> int | None:
+    """The position of the first unpaired surrogate in ``text``, or None for valid text."""
+    found = _SURROGATE.search(text)
+    return found.start() if found else None
+
+
+def printable(text: str) -> str:
+    """``text`` with any unpaired surrogate written as its escape (``\\ud800``), so that it
+    can be encoded and shown."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def valid_unicode(value: Any) -> Any:
+    """``value`` (a string, or JSON-like lists and dicts of them) with every unpaired
+    surrogate replaced by U+FFFD: what a model server or a wrapped model returns is made
+    encodable before it reaches a record, a store or a log."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if surrogate_at(value) is not None else value
+    if isinstance(value, list):
+        return [valid_unicode(item) for item in value]
+    if isinstance(value, dict):
+        return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
+    return value

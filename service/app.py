@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from guardrail.pipeline import Guardrail
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware
+from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, UnicodeMiddleware
 from service.openai_api import router as openai_router
 from service.recording import Answerer
 from service.routes import router
@@ -62,6 +62,7 @@ def create_app(
     app.state.metrics = metrics
     app.include_router(router)
     app.include_router(openai_router)
+    app.add_middleware(UnicodeMiddleware)  # inside the body limit: it reads the whole body
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(InternalErrorMiddleware)  # added last: the outermost of the two
     install_error_handlers(app)

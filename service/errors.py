@@ -4,6 +4,8 @@ Every error response has the body ``{"error": {"type": ..., "message": ...}}``; 
 says whose fault it is::
 
     400 invalid_json             the body is not valid JSON
+    400 invalid_unicode          a string in the JSON body is not valid Unicode (an unpaired
+                                 surrogate), or the body is not UTF-8
     404 not_found                no such route
     405 method_not_allowed       the route exists, the method does not
     413 body_too_large           the body exceeds max_body_bytes
@@ -38,6 +40,7 @@ from guardrail.errors import (
     ModelUnavailableError,
     QuestionError,
 )
+from guardrail.text import printable
 from policies import PolicyError
 from retrievers import RetrieverError
 from service.schemas import usage_for
@@ -105,7 +108,8 @@ def error_response(
 ) -> JSONResponse:
     """A JSON error response for a request to ``path`` (counted in ``app``'s metrics)."""
     count_error(app, error_type)
-    body = error_body(error_type, message, openai=is_openai_path(path))
+    # A message may echo what the caller sent: make sure it can be encoded.
+    body = error_body(error_type, printable(message), openai=is_openai_path(path))
     return JSONResponse(body, status_code=status, headers=headers)
 
 

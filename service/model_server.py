@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from guardrail.backends.transformers import TransformersBackend
 from service.errors import ApiError, install_error_handlers
-from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware
+from service.middleware import BodyLimitMiddleware, InternalErrorMiddleware, UnicodeMiddleware
 
 router = APIRouter()
 MAX_TOP = 20
@@ -244,6 +244,7 @@ def create_model_app(backend: TransformersBackend, *, max_body_bytes: int = 6553
     app = FastAPI(title="guardrail model server", lifespan=lifespan)
     app.state.backend = backend
     app.include_router(router)
+    app.add_middleware(UnicodeMiddleware)  # inside the body limit: it reads the whole body
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     install_error_handlers(app)

@@ -25,6 +25,7 @@ import httpx
 
 from guardrail.errors import BackendError
 from guardrail.redact import without_credentials
+from guardrail.text import valid_unicode
 from guardrail.types import FinishReason, Generation, TokenStats
 
 
@@ -155,7 +156,8 @@ class OpenAIClient:
                 f"the model server at {self._shown_url} answered {response.status_code}: {detail}"
             )
         try:
-            data: dict[str, Any] = response.json()
+            # Text from elsewhere: unpaired surrogates would break every store and log.
+            data: dict[str, Any] = valid_unicode(response.json())
         except ValueError as exc:
             raise BackendError(
                 f"the model server at {self._shown_url} answered with something not JSON"
