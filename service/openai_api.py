@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from guardrail.render import text_pieces
 from service.deps import AnswererDep, CallerDep, GuardDep, SettingsDep
@@ -100,14 +100,15 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage]
-    stream: bool = False
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
     n: int = Field(default=1, ge=1)
 
-    @field_validator("messages")
+    @field_validator("messages", mode="before")
     @classmethod
-    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if not value:
+    def _not_empty(cls, value: object) -> object:
+        # Before the schema's own minItems check, for a message that says what to do.
+        if isinstance(value, list) and not value:
             raise ValueError("the conversation is empty; give at least one user message")
         return value
 

@@ -77,7 +77,7 @@ class AnswerRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(description="The question, in words.")
+    question: str = Field(min_length=1, description="The question, in words.")
     passages: list[PassageIn] | None = Field(
         default=None,
         max_length=MAX_PASSAGES,

@@ -360,3 +360,18 @@ def test_policies_need_a_key_and_show_a_tenant_only_its_own(server: str) -> None
     admin = httpx.get(f"{server}/v1/policies", headers={"Authorization": f"Bearer {ADMIN}"})
     assert {p["tenant"] for p in admin.json()["policies"]} >= {"acme-bank", "trial"}
     assert admin.json()["source"]
+
+
+def test_the_schema_says_what_the_server_enforces(server: str) -> None:
+    """A string "yes" is not a boolean; the published schema says that the question and the
+    conversation must not be empty, as the server does."""
+    headers = {"Authorization": "Bearer sk-base-456"}
+    body = {"model": "guardrail", "messages": [{"role": "user", "content": QUESTION}]}
+    yes = httpx.post(
+        f"{server}/v1/chat/completions", json={**body, "stream": "yes"}, headers=headers
+    )
+    assert yes.status_code == 422 and "stream" in yes.json()["error"]["message"]
+    schema = httpx.get(f"{server}/openapi.json").json()["components"]["schemas"]
+    assert schema["ChatRequest"]["properties"]["messages"]["minItems"] == 1
+    assert schema["ChatRequest"]["properties"]["stream"]["type"] == "boolean"
+    assert schema["AnswerRequest"]["properties"]["question"]["minLength"] == 1
