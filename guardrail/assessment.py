@@ -14,6 +14,8 @@ Flags are facts about one answer that policies can name:
   positive gain but low agreement, and a model that simply did not know the fact shows low
   agreement but a high parametric entropy, which is no conflict.
 - ``no_passages``: retrieval returned nothing.
+- ``passages_cut``: the passages did not all fit the model's context; the lowest-ranked were
+  left out, and the answer, the signals and the citations use the ones that fit.
 
 The confidence here is the fixed, documented heuristic used until a calibrator is fitted:
 the geometric-mean probability of the answer tokens, halved when the answer text does not
@@ -28,7 +30,9 @@ from dataclasses import dataclass, field
 
 from guardrail.text import normalize_answer
 
-FLAG_NAMES: frozenset[str] = frozenset({"model_abstained", "knowledge_conflict", "no_passages"})
+FLAG_NAMES: frozenset[str] = frozenset(
+    {"model_abstained", "knowledge_conflict", "no_passages", "passages_cut"}
+)
 
 _ABSTENTIONS = frozenset(
     {

@@ -15,7 +15,7 @@ answer, then each escalation target's on demand), so that a caller with answers 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from guardrail.types import Generation, TokenStats
 from policies import Action, Assessment, Decision, Policy, decide
 from policies.decide import RuleTrace, trace
 from policies.escalation import BudgetLedger, TargetFailed, run_chain
+from retrievers.types import Passage
 
 PROBE_SIGNALS: frozenset[str] = frozenset(s.name for s in REGISTRY if s.needs is Needs.PROBE)
 """The signals only the optional abstention probe measures (``abstain_logprob``)."""
@@ -67,6 +68,9 @@ class Assessed:
     timings: Mapping[str, float]
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each signal that has a value came from (``guardrail.signals.SOURCES``)."""
+    passages: Sequence[Passage] | None = None
+    """The passages the answer was written from, when not all given ones fit the model's
+    context (None: all of them)."""
 
     def assessment(self) -> Assessment:
         """What the policy decides on."""

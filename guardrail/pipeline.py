@@ -264,6 +264,10 @@ class Guardrail:
         judge = judge or self.judge()
         probe = judge.probe
         prompts = prompt_for(backend, self.config.max_passage_words)
+        given = len(passages)
+        passages = self.fitting(backend, question, passages, history)
+        if guard is not None:
+            passages = self.fitting(guard, question, passages)
         generation = backend.generate(
             prompts.contextual(question, passages, history),
             max_new_tokens=self.config.max_new_tokens,
@@ -307,6 +311,11 @@ class Guardrail:
             parametric_first_entropy=parametric.entropies[0] if parametric else None,
             has_passages=bool(passages),
         )
+        if len(passages) < given:
+            flags["passages_cut"] = (
+                f"{len(passages)} of {given} passages fit the model's context; the "
+                f"{given - len(passages)} lowest-ranked were left out"
+            )
         return Assessed(
             backend=backend,
             generation=generation,
@@ -323,7 +332,39 @@ class Guardrail:
                 "signals": signal_seconds,
             },
             sources={k: v for k, v in sources.items() if signals.get(k) is not None},
+            passages=passages if len(passages) < given else None,
         )
+
+    def fitting(
+        self,
+        backend: GeneratorBackend,
+        question: str,
+        passages: Sequence[Passage],
+        history: Sequence[Turn] = (),
+    ) -> Sequence[Passage]:
+        """The leading passages (in rank order) whose prompt, with room for the answer, fits
+        ``backend``'s context; all of them for a backend that states no limit (a remote
+        server answers for its own)."""
+        limit = getattr(backend, "max_context_tokens", None)
+        count = getattr(backend, "count_tokens", None)
+        if not passages or not isinstance(limit, int) or not callable(count):
+            return passages
+        prompts = prompt_for(backend, self.config.max_passage_words)
+        room = limit - self.config.max_new_tokens
+
+        def fits(n: int) -> bool:
+            return int(count(prompts.contextual(question, passages[:n], history))) <= room
+
+        if fits(len(passages)):
+            return passages
+        low, high = 0, len(passages) - 1  # the most passages that fit, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle - 1
+        return passages[:low]
 
     def _guard_passes(
         self, guard: GeneratorBackend, question: str, passages: Sequence[Passage], answer: str
@@ -443,6 +484,8 @@ class Guardrail:
         retrieve_seconds = time.perf_counter() - start
         verdict = judge_question(judge, self.answers(question, found, judge, history), self.ledger)
         assessed, decision, escalated = verdict.assessed, verdict.decision, verdict.escalated
+        if assessed.passages is not None:
+            found = list(assessed.passages)  # what the answering model was shown
         shadow_mode = judge.shadow_mode
         parametric_answer = None
         if (

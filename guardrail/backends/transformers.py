@@ -154,6 +154,10 @@ class TransformersBackend:
         )
         return str(rendered)
 
+    def count_tokens(self, prompt: str) -> int:
+        """How many tokens ``prompt`` takes (``max_context_tokens`` is the limit)."""
+        return len(self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"])
+
     def _encode_prompt(self, prompt: str) -> list[int]:
         # The chat template already contains the BOS token where the model wants one.
         ids: list[int] = self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
