@@ -31,7 +31,7 @@ from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUna
 from guardrail.config import GuardrailConfig
 from guardrail.conversation import Turn, needs_rewrite, standalone_question
 from guardrail.decision_log import DecisionLog
-from guardrail.errors import ConfigError, QuestionError
+from guardrail.errors import BackendError, ConfigError, GuardrailError, QuestionError
 from guardrail.judge import Assessed, ConfidenceScorer, Judge, judge_question
 from guardrail.models import model_spec, prepare_model
 from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
@@ -180,6 +180,7 @@ class Guardrail:
         self.ledger: BudgetLedger = ledger or EscalationLedger()
         self._escalation_factories = dict(escalation or {})
         self._escalation_backends: dict[str, GeneratorBackend] = {}
+        self._escalation_failures: dict[str, str] = {}
         self._escalation_lock = threading.Lock()
         # The rewriter of follow-up questions: a backend, a setting resolved on first use
         # (see GuardrailConfig.rewriter), or None for none.
@@ -420,7 +421,25 @@ class Guardrail:
         with self._escalation_lock:
             return self._escalation_backend_locked(target)
 
+    def prepare_escalation(self) -> dict[str, str]:
+        """Build (and so prepare: convert) every escalation target now, at start-up, so that
+        no request waits for a conversion. A target that fails stays failed: requests that
+        escalate to it get the policy's ``on_failure`` at once. Returns the failures, by
+        target."""
+        for target in self._escalation_factories:
+            try:
+                self.escalation_backend(target)
+            except GuardrailError as exc:
+                with self._escalation_lock:
+                    self._escalation_failures[target] = str(exc)
+        return dict(self._escalation_failures)
+
     def _escalation_backend_locked(self, target: str) -> GeneratorBackend:
+        if target in self._escalation_failures:
+            raise BackendError(
+                f"escalation target {target!r} could not be prepared at start-up: "
+                f"{self._escalation_failures[target]}"
+            )
         if target not in self._escalation_backends:
             factory = self._escalation_factories.get(target)
             if factory is None:

@@ -31,6 +31,10 @@ def build_guard(settings: ServiceSettings) -> Guardrail:
         guard.ledger = ledger  # escalation budgets hold across replicas sharing Redis
     # Local backends and the embedder load their weights on first use; do it now so that
     # "ready" means a request does not wait for a model to load.
+    # Escalation models are converted now, never inside a request; one that fails is
+    # logged, and requests that escalate to it get the policy's on_failure.
+    for target, failure in guard.prepare_escalation().items():
+        logger.error("escalation target %r is unavailable: %s", target, failure)
     for backend in (guard.backend, guard.guard):  # the generator, and proxy mode's guard
         load = getattr(backend, "load", None)
         if callable(load):

@@ -120,9 +120,9 @@ class TransformersBackend:
             model = AutoModelForCausalLM.from_pretrained(
                 self.model_dir, dtype=getattr(torch, self.dtype)
             )
-        except OSError as exc:
+        except Exception as exc:  # a missing, truncated or corrupt folder, whatever the error
             raise BackendError(
-                f"cannot load the model folder {self.model_dir}: {exc}; "
+                f"cannot load the model folder {self.model_dir}: {type(exc).__name__}: {exc}; "
                 "run `guardrail prepare` to rebuild it"
             ) from exc
         model.eval()
