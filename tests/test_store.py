@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
 from service.store import (
     Bucket,
@@ -227,8 +227,8 @@ def test_no_decision_is_lost_while_redis_is_down(tmp_path: Path) -> None:
         assert store.get("dec_2") == decision(2)  # from the spool
         with pytest.raises(StoreError, match="retry later"):
             store.add_feedback(Feedback("dec_1", True))  # only the unreachable Redis has it
-        with pytest.raises(StoreError):
-            store.ping()
+        store.ping()  # degraded, not unavailable: the spool takes the writes (/readyz)
+        assert store.degraded is not None
         server.start()
         clock.now += 10
         store.record(decision(3))  # drains the spool first
@@ -240,6 +240,51 @@ def test_no_decision_is_lost_while_redis_is_down(tmp_path: Path) -> None:
     finally:
         store.close()
         server.stop()
+
+
+class CountingStore:
+    """A store that forwards every call to ``inner`` and counts the calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def test_a_circuit_breaker_stops_paying_for_a_redis_that_is_down(tmp_path: Path) -> None:
+    """After a failure the primary is left alone for retry_seconds, then probed once, the wait
+    doubling while it keeps failing; every decision meanwhile goes to the spool."""
+    clock = Clock(0.0)
+    down = CountingStore(RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.5))
+    store = ResilientStore(
+        down, SqliteStore(tmp_path / "spool.sqlite"), retry_seconds=5, clock=clock
+    )
+    for n in range(20):
+        store.record(decision(n))
+    assert down.calls == 1  # the first failed; the other 19 never touched Redis
+    store.ping()
+    assert down.calls == 1 and store.degraded is not None
+    clock.now += 5
+    store.record(decision(20))  # the wait is over: one probe (the drain), which fails
+    assert down.calls == 2
+    clock.now += 5
+    store.record(decision(21))  # now the wait is 10 s
+    assert down.calls == 2
+    clock.now += 5
+    store.record(decision(22))
+    assert down.calls == 3
+    assert len(store.spool.all_records()) == 23  # nothing lost
 
 
 def test_a_spool_left_by_a_previous_process_is_drained(
@@ -386,3 +431,30 @@ def test_recording_again_changes_nothing(store: tuple[DecisionStore, Clock]) -> 
     assert len(s.recent(10)) == 1
     assert len(s.feedback("dec_1")) == 1
     assert sum(sum(b) for b in s.confidence_histogram(since=start).values()) == 1
+
+
+def test_readyz_says_degraded_while_redis_is_down(tmp_path: Path) -> None:
+    """The docs' promise: with Redis unreachable the service answers, records into the spool,
+    and /readyz says the store is degraded (not unavailable)."""
+    import httpx
+    from test_service import confident, serve, settings
+
+    from guardrail.pipeline import Guardrail, load_policy_setting
+    from service import create_app
+
+    config = settings(
+        tmp_path,
+        store="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        store_path=tmp_path / "spool.sqlite",
+    )
+    guard = Guardrail(backend=confident(), policy=load_policy_setting("balanced"))
+    with serve(create_app(config, guard=guard)) as url:
+        answer = httpx.post(
+            f"{url}/v1/answer",
+            json={"question": "What is the capital of France?", "passages": [{"text": "Paris."}]},
+            timeout=30,
+        )
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert answer.status_code == 200 and answer.json()["recorded"] is True
+    assert ready.json()["store"]["status"] == "degraded", ready.text

@@ -119,6 +119,46 @@ class DecisionStore(Protocol):
         ...
 
 
+class CircuitBreaker:
+    """Stops paying timeouts to a server that is down: after a failure, calls are skipped
+    (``allow`` is False) for ``cooldown`` seconds, doubling up to ``max_cooldown`` while the
+    server keeps failing; once the wait is over, one call goes through as a probe, and a
+    success closes the breaker again."""
+
+    def __init__(
+        self, cooldown: float = 5.0, max_cooldown: float = 60.0, clock: Any = time.monotonic
+    ) -> None:
+        self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self._clock = clock
+        self._wait = 0.0
+        self._until = float("-inf")
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls are being skipped right now."""
+        return self._clock() < self._until
+
+    def allow(self) -> bool:
+        """Whether to call the server now (closed, or the wait is over: a probe)."""
+        if self._clock() < self._until:
+            return False
+        if self._wait:
+            # Half-open: this caller probes; the others keep skipping until it reports.
+            self._until = self._clock() + self._wait
+        return True
+
+    def failed(self) -> None:
+        """A call failed: open (again), for twice as long as last time, up to the maximum."""
+        self._wait = min(self.max_cooldown, self._wait * 2 if self._wait else self.cooldown)
+        self._until = self._clock() + self._wait
+
+    def succeeded(self) -> None:
+        """A call succeeded: close."""
+        self._wait = 0.0
+        self._until = float("-inf")
+
+
 def new_decision_id() -> str:
     """A fresh, unguessable decision id."""
     return "dec_" + uuid.uuid4().hex

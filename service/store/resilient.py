@@ -11,6 +11,7 @@ from typing import Any
 
 from service.store.base import (
     Bucket,
+    CircuitBreaker,
     DecisionStore,
     Feedback,
     StoreError,
@@ -22,13 +23,19 @@ from service.store.sqlite import SqliteStore
 logger = logging.getLogger(__name__)
 
 
+class _Skipped(StoreError):
+    """The primary was not called: its circuit breaker is open."""
+
+
 class ResilientStore:
     """``primary`` (Redis) with ``spool`` (SQLite) as the fallback for writes.
 
     While the primary fails, decisions go to the spool and :attr:`degraded` says why; reads
     fall back to the spool's (partial) view. Every write first tries to drain the spool
     (at most every ``retry_seconds``), oldest first, deleting each record only once the
-    primary holds it.
+    primary holds it. A circuit breaker stops calling a primary that just failed (for
+    ``retry_seconds``, doubling up to a minute while it keeps failing), so that requests do not
+    each pay its timeouts: meanwhile everything goes straight to the spool.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class ResilientStore:
         self.degraded: str | None = None
         self.fallbacks = 0
         """How many operations fell back to the spool (for the metrics)."""
+        self.breaker = CircuitBreaker(cooldown=retry_seconds, clock=clock)
         self._pending = not spool.is_empty()
 
     def _failed(self, exc: StoreError) -> None:
@@ -56,11 +64,29 @@ class ResilientStore:
             logger.warning("decision store degraded, using the local spool: %s", exc)
         self.degraded = str(exc)
         self.fallbacks += 1
+        self.breaker.failed()
+
+    def _note(self, exc: StoreError) -> None:
+        """A failed or skipped call to the primary."""
+        if not isinstance(exc, _Skipped):
+            self._failed(exc)
+
+    def _call(self, what: str, func: Any, *args: Any) -> Any:
+        """``func(*args)`` on the primary, or a ``StoreError`` at once while the breaker is
+        open (without touching the primary)."""
+        if not self.breaker.allow():
+            self.fallbacks += 1
+            raise _Skipped(f"skipped ({what}): {self.degraded}")
+        result = func(*args)
+        self.breaker.succeeded()
+        return result
 
     def _drain(self) -> None:
         """Move spooled records into the primary, oldest first."""
         with self._lock:
             if not self._pending or self._clock() - self._last_try < self.retry_seconds:
+                return
+            if not self.breaker.allow():
                 return
             self._last_try = self._clock()
             try:
@@ -72,6 +98,7 @@ class ResilientStore:
             except StoreError as exc:
                 self._failed(exc)
                 return
+            self.breaker.succeeded()
             self._pending = not self.spool.is_empty()
             if self.degraded is not None:
                 logger.info("decision store recovered; the spool is drained")
@@ -80,10 +107,10 @@ class ResilientStore:
     def record(self, record: Mapping[str, Any]) -> str:
         self._drain()
         try:
-            decision_id = self.primary.record(record)
+            decision_id = self._call("record", self.primary.record, record)
         except StoreError as exc:
             with self._lock:  # never between a drain's read and its delete
-                self._failed(exc)
+                self._note(exc)
                 self._pending = True
                 return self.spool.record(record)
         self.degraded = None
@@ -91,11 +118,11 @@ class ResilientStore:
 
     def get(self, decision_id: str) -> dict[str, Any]:
         try:
-            return self.primary.get(decision_id)
+            return self._call("get", self.primary.get, decision_id)
         except UnknownDecisionError:
             return self.spool.get(decision_id)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             try:
                 return self.spool.get(decision_id)
             except UnknownDecisionError:
@@ -106,12 +133,12 @@ class ResilientStore:
 
     def add_feedback(self, feedback: Feedback) -> None:
         try:
-            self.primary.add_feedback(feedback)
+            self._call("add feedback", self.primary.add_feedback, feedback)
             return
         except UnknownDecisionError:
             pass
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
         # The decision is in the spool (recorded while the primary was down): the label waits
         # there with it. A decision held only by an unreachable primary cannot be labelled now.
         with self._lock:  # never between a drain's read and its delete
@@ -127,18 +154,18 @@ class ResilientStore:
 
     def feedback(self, decision_id: str) -> list[Feedback]:
         try:
-            labels = self.primary.feedback(decision_id)
+            labels = self._call("read feedback", self.primary.feedback, decision_id)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             labels = []
         return labels + self.spool.feedback(decision_id)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         spooled = self.spool.recent(limit)
         try:
-            records = self.primary.recent(limit)
+            records = self._call("read recent decisions", self.primary.recent, limit)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             records = []
         merged = sorted(spooled + records, key=lambda r: r.get("recorded_at", 0), reverse=True)
         return merged[:limit]
@@ -146,18 +173,18 @@ class ResilientStore:
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
         spooled = self.spool.action_counts(since, bucket_seconds)
         try:
-            counted = self.primary.action_counts(since, bucket_seconds)
+            counted = self._call("count actions", self.primary.action_counts, since, bucket_seconds)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             counted = []
         return merge_buckets([*counted, *spooled])
 
     def confidence_histogram(self, since: float) -> dict[tuple[str | None, str], list[int]]:
         merged = self.spool.confidence_histogram(since)
         try:
-            counted = self.primary.confidence_histogram(since)
+            counted = self._call("read the histogram", self.primary.confidence_histogram, since)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             counted = {}
         for key, bins in counted.items():
             mine = merged.setdefault(key, [0] * len(bins))
@@ -166,27 +193,32 @@ class ResilientStore:
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         try:
-            return self.primary.cache_get(key)
+            return self._call("read the cache", self.primary.cache_get, key)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             return None
 
     def cache_put(self, key: str, record: Mapping[str, Any], ttl_seconds: int) -> None:
         try:
-            self.primary.cache_put(key, record, ttl_seconds)
+            self._call("write the cache", self.primary.cache_put, key, record, ttl_seconds)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
 
     def hit_rate_limit(self, key: str, per_minute: int) -> bool:
         try:
-            return self.primary.hit_rate_limit(key, per_minute)
+            return self._call("count a request", self.primary.hit_rate_limit, key, per_minute)
         except StoreError as exc:
-            self._failed(exc)
+            self._note(exc)
             # Counted per replica while the shared counter is down.
             return self.spool.hit_rate_limit(key, per_minute)
 
     def ping(self) -> None:
-        self.primary.ping()
+        """Check the primary; while it fails the store is degraded (the spool takes the
+        writes), which is what ``/readyz`` reports, not unavailable."""
+        try:
+            self._call("answer a ping", self.primary.ping)
+        except StoreError as exc:
+            self._note(exc)
 
     def close(self) -> None:
         self.primary.close()
