@@ -182,9 +182,15 @@ def _setting(
         "seed": args.seed,
         "n": args.n,
         "model": runner.guardrail.backend.name,
+        **_upstream(runner.guardrail, config),
         "dtype": config.dtype,
-        "prompt": f"few-shot ({runner.settings['prompt']}), max {config.max_passage_words} "
-        "words per passage, greedy, stop at newline",
+        "prompt": (
+            f"chat ({runner.settings['prompt']}), max {config.max_passage_words} words per "
+            "passage, greedy, the reply's first line"
+            if runner.guardrail.backend.chat
+            else f"few-shot ({runner.settings['prompt']}), max {config.max_passage_words} "
+            "words per passage, greedy, stop at newline"
+        ),
         "retrieval": (
             f"top-{config.top_k} over {_home(config.resolved_index_dir())}"
             if open_retrieval
@@ -193,6 +199,21 @@ def _setting(
         "correct": "token F1 >= 0.5 against a gold answer; for an unanswerable question, "
         "not answering",
         "date": datetime.date.today().isoformat(),
+    }
+
+
+def _upstream(guardrail: Guardrail, config: GuardrailConfig) -> dict[str, str]:
+    """Proxy mode's setting, for the report: the upstream's route and the guard model."""
+    if not config.upstream_url:
+        return {}
+    route = f"/v1/{'chat/completions' if config.upstream_api == 'chat' else 'completions'}"
+    logprobs = {None: "until refused", True: "always", False: "never"}[config.upstream_logprobs]
+    guard = guardrail.guard.name if guardrail.guard is not None else "none"
+    return {
+        "upstream": f"{route} over HTTP, logprobs asked: {logprobs}",
+        "guard": f"{guard} (teacher-forces the upstream's answer with and without the passages)"
+        if guardrail.guard is not None
+        else "none (the upstream scores its own answer through echo, where it can)",
     }
 
 
