@@ -410,7 +410,10 @@ class Guardrail:
         earlier user turn, no rewriter, or no usable rewrite)."""
         if not needs_rewrite(history):
             return question
-        rewriter = self.rewriter()
+        try:
+            rewriter = self.rewriter()
+        except GuardrailError:
+            return question  # a rewriter that cannot be built (a failed target): as asked
         if rewriter is None:
             return question
         return standalone_question(rewriter, history, question)

@@ -298,3 +298,17 @@ def test_the_local_rewriter_on_twenty_written_conversations() -> None:
         assert not any(w in rewrite.lower() for w in case["must_not"]), rewrite
     assert right >= 16, (right, wrong)
     assert len(wrong) <= 2, wrong
+
+
+def test_a_rewriter_that_cannot_be_built_leaves_the_question_as_asked() -> None:
+    from guardrail.errors import ModelUnavailableError
+
+    def missing() -> Any:
+        raise ModelUnavailableError("not installed")
+
+    guard = pipeline(escalation={"larger": missing})
+    guard._rewriter = "auto"  # the escalation model, which cannot be built
+    guard.prepare_escalation()
+    response = guard.ask("and when did it end?", history=OIL)
+    assert response.question == "and when did it end?"
+    assert response.original_question == "and when did it end?"
