@@ -41,6 +41,11 @@ class BudgetLedger(Protocol):
         """Count an escalation to ``target`` and return ``None``, or say which budget is spent."""
         ...
 
+    def release(self, scope: str, target: Target) -> None:
+        """Give back the escalation to ``target`` counted last (it failed without answering:
+        a budget pays for answers tried, not for targets that could not run)."""
+        ...
+
 
 class EscalationLedger:
     """Counts of decisions and escalations per scope (a policy name), for budgets.
@@ -92,6 +97,14 @@ class EscalationLedger:
                 done.append(now)
                 self._trim(done, now - self._horizon[scope])
             return None
+
+    def release(self, scope: str, target: Target) -> None:
+        """Give back the escalation to ``target`` counted last."""
+        with self._lock:
+            for key in ((scope, target.name), (scope, None)):
+                done = self._escalations.get(key)
+                if done:
+                    done.pop()
 
     def _spent(self, budget: Budget, key: tuple[str, str | None], now: float) -> str | None:
         done = self._escalations[key]
@@ -151,7 +164,10 @@ def run_chain(
         try:
             result, decision = attempt(target.name)
         except TargetFailed as exc:
-            reasons.append(f"escalation target {target.name!r} failed: {exc}")
+            ledger.release(policy.name, target)
+            reasons.append(
+                f"escalation target {target.name!r} failed: {exc} (its budget was not spent)"
+            )
             continue
         if decision.action in (Action.ANSWER, Action.HEDGE):
             why = f"escalated to {target.name}: " + "; ".join(reasons)

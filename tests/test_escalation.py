@@ -117,7 +117,7 @@ def test_failed_target_reason_names_the_failure() -> None:
         EscalationLedger(),
         first_answered=True,
     )
-    assert "escalation target 'mid' failed: mid is down" in result.decision.reasons
+    assert "escalation target 'mid' failed: mid is down (its budget was not spent)" in result.decision.reasons
     assert result.decision.reasons[-1] == (
         "no escalation target produced an answer the policy accepts"
     )
@@ -215,3 +215,40 @@ def test_a_short_window_does_not_hide_a_long_windows_decisions() -> None:
             granted += 1
         clock.now += 0.5 if granted % 90 else 60.0  # stay under 100 a minute
     assert granted == 200
+
+
+def test_a_failed_target_does_not_spend_its_budget() -> None:
+    """A target that fails without answering gives its escalation back: the budget pays for
+    answers tried, not for targets that could not run."""
+    policy = chain_policy(
+        """\
+        targets:
+          - {name: mid, budget: {per_minute: 1}}
+          - large
+        """
+    )
+    ledger = EscalationLedger(Clock())
+    failed = run_chain(
+        FIRST,
+        policy,
+        attempt_from({"mid": "fail", "large": "defer"}, []),
+        ledger,
+        first_answered=True,
+    )
+    assert any("(its budget was not spent)" in r for r in failed.decision.reasons)
+    served = run_chain(
+        FIRST,
+        policy,
+        attempt_from({"mid": "answer", "large": "answer"}, []),
+        ledger,
+        first_answered=True,
+    )
+    assert served.target == "mid"  # its one escalation a minute is still there
+    again = run_chain(
+        FIRST,
+        policy,
+        attempt_from({"mid": "answer", "large": "answer"}, []),
+        ledger,
+        first_answered=True,
+    )
+    assert again.target == "large"  # now it is spent

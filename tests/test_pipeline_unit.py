@@ -249,8 +249,8 @@ def test_escalation_target_that_cannot_load_defers(policy: Policy) -> None:
     assert response.escalated is False
     assert response.model == "small"
     assert (
-        "escalation target 'larger' failed: the escalation model is not installed"
-        in response.reasons
+        "escalation target 'larger' failed: the escalation model is not installed "
+        "(its budget was not spent)" in response.reasons
     )
     assert response.reasons[-1] == "no escalation target produced an answer the policy accepts"
 

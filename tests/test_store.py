@@ -377,6 +377,9 @@ def test_escalation_budgets_hold_across_replicas(tmp_path: Path, redis_server: R
     assert "3 escalations in the last minute (limit 3 per minute, across replicas)" in taken[3]
     clock.now += 61
     assert two.acquire("p", target, None) is None
+    # A target that failed gives its escalation back, on every replica.
+    one.release("p", target)
+    assert one.acquire("p", target, None) is None
 
     share = Budget(max_share=0.25)
     plain = Target(name="mid")

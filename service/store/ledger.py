@@ -113,6 +113,19 @@ class RedisLedger:
         except redis.RedisError as exc:
             self._failed(exc)
 
+    def release(self, scope: str, target: Target) -> None:
+        """Give back the escalation to ``target`` counted last (the newest entry of the
+        target's and the chain's sets: budgets count escalations, not which one)."""
+        base = f"{self.prefix}{scope}"
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zpopmax(f"{base}:target:{target.name}")
+            pipe.zpopmax(f"{base}:chain")
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            self.fallback.release(scope, target)  # where it was counted while Redis was down
+
     def acquire(self, scope: str, target: Target, chain: Budget | None) -> str | None:
         """Count an escalation and return ``None``, or say which budget is spent."""
         windows = [b.window_seconds for b in (target.budget, chain) if b is not None]
