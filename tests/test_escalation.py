@@ -117,7 +117,10 @@ def test_failed_target_reason_names_the_failure() -> None:
         EscalationLedger(),
         first_answered=True,
     )
-    assert "escalation target 'mid' failed: mid is down (its budget was not spent)" in result.decision.reasons
+    assert (
+        "escalation target 'mid' failed: mid is down (its budget was not spent)"
+        in result.decision.reasons
+    )
     assert result.decision.reasons[-1] == (
         "no escalation target produced an answer the policy accepts"
     )
