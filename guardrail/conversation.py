@@ -12,19 +12,13 @@ question) is discarded and the question is used as asked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from guardrail.backends.base import GeneratorBackend
 from guardrail.errors import BackendError
+from guardrail.prompts import MAX_TURNS, Turn, earlier_turns, passage_as_data
 from guardrail.text import content_words
 
-Turn = tuple[str, str]
-"""One message of a conversation: ``(role, content)``, role ``user`` or ``assistant``."""
-
-ROLES = ("user", "assistant")
-MAX_TURNS = 6
-"""How many earlier turns the rewriter reads (the most recent ones)."""
 MAX_TURN_WORDS = 60
 """Each earlier turn is cut to this many words."""
 
@@ -60,7 +54,6 @@ _EXAMPLES: tuple[tuple[tuple[Turn, ...], str, str], ...] = (
     ),
 )
 
-_SPACES = re.compile(r"\s+")
 _SYSTEM = (
     "You rewrite the user's last question so that it can be understood without the "
     "conversation: replace pronouns and references with what they refer to, keep everything "
@@ -69,17 +62,15 @@ _SYSTEM = (
 )
 
 
-def _line(text: str, max_words: int = MAX_TURN_WORDS) -> str:
-    words = _SPACES.sub(" ", text).strip().split(" ")
-    if len(words) > max_words:
-        words = [*words[:max_words], "..."]
-    return " ".join(words)
-
-
-def earlier_turns(history: Sequence[Turn]) -> list[Turn]:
-    """The user and assistant turns of ``history`` (others dropped), the last ``MAX_TURNS``."""
-    turns = [(role, content) for role, content in history if role in ROLES and content.strip()]
-    return turns[-MAX_TURNS:]
+__all__ = [
+    "MAX_TURNS",
+    "Turn",
+    "acceptable_rewrite",
+    "earlier_turns",
+    "needs_rewrite",
+    "rewrite_prompt",
+    "standalone_question",
+]
 
 
 def needs_rewrite(history: Sequence[Turn]) -> bool:
@@ -88,12 +79,16 @@ def needs_rewrite(history: Sequence[Turn]) -> bool:
 
 
 def _transcript(turns: Sequence[Turn]) -> str:
-    return "\n".join(f"{role.capitalize()}: {_line(content)}" for role, content in turns)
+    return "\n".join(
+        f"{role.capitalize()}: {passage_as_data(content, MAX_TURN_WORDS)}"
+        for role, content in turns
+    )
 
 
 def _chat_request(turns: Sequence[Turn], question: str) -> str:
+    asked = passage_as_data(question, 200)
     return (
-        f"Conversation:\n{_transcript(turns)}\n\nLast question: {_line(question, 200)}\n\n"
+        f"Conversation:\n{_transcript(turns)}\n\nLast question: {asked}\n\n"
         "Rewrite the last question as a standalone question."
     )
 
@@ -110,7 +105,7 @@ def rewrite_prompt(backend: GeneratorBackend, history: Sequence[Turn], question:
         for t, q, a in _EXAMPLES
     ]
     blocks.append(
-        f"Conversation:\n{_transcript(turns)}\nFollow-up: {_line(question, 200)}\n"
+        f"Conversation:\n{_transcript(turns)}\nFollow-up: {passage_as_data(question, 200)}\n"
         "Standalone question:"
     )
     return "\n\n".join(blocks)
@@ -148,5 +143,5 @@ def standalone_question(
         )
     except BackendError:
         return question
-    rewrite = _SPACES.sub(" ", generation.text).strip().strip('"').strip()
+    rewrite = " ".join(generation.text.split()).strip('"').strip()
     return rewrite if acceptable_rewrite(rewrite, history, question) else question

@@ -394,13 +394,11 @@ class Guardrail:
             return None
         if setting == "generator" or (setting == "auto" and self.backend.chat):
             return self.backend
-        targets = self.config.escalation_targets
-        if setting == "auto":
-            if not self._escalation_factories:
-                return self.backend
-            setting = targets.get(next(iter(self._escalation_factories)), "")
+        if setting == "auto":  # the first escalation target's model, else the generator
+            first = next(iter(self._escalation_factories), None)
+            return self.backend if first is None else self._escalation_backend_locked(first)
         # A local model: the escalation target's instance when one runs that model.
-        for target, model in targets.items():
+        for target, model in self.config.escalation_targets.items():
             if model == setting and target in self._escalation_factories:
                 return self._escalation_backend_locked(target)
         return local_backend(self.config, setting)
@@ -495,10 +493,10 @@ class Guardrail:
         asked = self.check_question(question)
         judge = self.judge(tenant)
         policy = judge.policy
-        start = time.perf_counter()
+        begin = time.perf_counter()
         question = self.standalone(history, asked)
-        rewrite_seconds = time.perf_counter() - start
         start = time.perf_counter()
+        rewrite_seconds = start - begin
         if passages is not None:
             found = list(passages)
         else:
@@ -560,7 +558,7 @@ class Guardrail:
                 **({"rewrite": rewrite_seconds} if needs_rewrite(history) else {}),
                 "retrieve": retrieve_seconds,
                 **assessed.timings,
-                "total": time.perf_counter() - start + rewrite_seconds,
+                "total": time.perf_counter() - begin,
             },
             original_question=asked if needs_rewrite(history) else None,
             tenant=tenant,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from guardrail.backends.base import GeneratorBackend
-from guardrail.conversation import Turn, earlier_turns
 from retrievers import Passage
 
 ABSTAIN_WORD = "unanswerable"
@@ -53,6 +52,20 @@ def passage_as_data(text: str, max_words: int) -> str:
     if len(words) > max_words:
         words = [*words[:max_words], "..."]
     return " ".join(words)
+
+
+Turn = tuple[str, str]
+"""One message of a conversation: ``(role, content)``, role ``user`` or ``assistant``."""
+
+ROLES = ("user", "assistant")
+MAX_TURNS = 6
+"""How many earlier turns a prompt shows (the most recent ones)."""
+
+
+def earlier_turns(history: Sequence[Turn]) -> list[Turn]:
+    """The user and assistant turns of ``history`` (others dropped), the last ``MAX_TURNS``."""
+    turns = [(role, content) for role, content in history if role in ROLES and content.strip()]
+    return turns[-MAX_TURNS:]
 
 
 class PromptBuilder(Protocol):

@@ -24,7 +24,7 @@ validation errors and the errors of the layers below into that body.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -141,7 +141,9 @@ def _shown(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def field_name(loc: Sequence[int | str]) -> str:
+    """A field's place in the body as a path (``messages[0].content``; ``body`` for the
+    whole body), from a validation error's ``loc`` (its leading ``body`` dropped)."""
     parts = list(loc[1:] if loc and loc[0] == "body" else loc)
     text = ""
     for part in parts:
@@ -150,7 +152,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 
 def _problem(error: dict[str, Any]) -> str:
-    where = _location(tuple(error.get("loc", ())))
+    where = field_name(tuple(error.get("loc", ())))
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
     if kind == "missing":

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.text import printable, surrogate_at
-from service.errors import ApiError, error_response
+from service.errors import ApiError, error_response, field_name
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +73,6 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def _field(path: list[str | int]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text or "body"
-
-
 def unpaired_surrogate(value: Any, path: list[str | int] | None = None) -> str | None:
     """Where in a parsed JSON value a string (or a key) holds an unpaired surrogate, as a
     message naming the field; None when every string is valid Unicode."""
@@ -89,7 +82,7 @@ def unpaired_surrogate(value: Any, path: list[str | int] | None = None) -> str |
         if at is None:
             return None
         return (
-            f"the field {_field(path)} holds an unpaired UTF-16 surrogate "
+            f"the field {field_name(path)} holds an unpaired UTF-16 surrogate "
             f"({printable(value[at])}) at character {at}"
         )
     if isinstance(value, list):
@@ -100,7 +93,7 @@ def unpaired_surrogate(value: Any, path: list[str | int] | None = None) -> str |
     if isinstance(value, dict):
         for key, item in value.items():
             if surrogate_at(key) is not None:
-                return f"a field name in {_field(path)} holds an unpaired UTF-16 surrogate"
+                return f"a field name in {field_name(path)} holds an unpaired UTF-16 surrogate"
             found = unpaired_surrogate(item, [*path, key])
             if found:
                 return found

@@ -73,8 +73,12 @@ class Answerer:
         await self._limit(caller)
         key = None
         index = guard.index
-        cacheable = passages is None and index is not None and not needs_rewrite(history)
-        if self.settings.cache_ttl_seconds and cacheable and index is not None:
+        if (
+            self.settings.cache_ttl_seconds
+            and passages is None
+            and index is not None
+            and not needs_rewrite(history)
+        ):
             policy = guard.policy_for(caller.tenant)
             key = cache_key(question, index.corpus_version, policy.content_hash, caller.tenant)
             cached = await run_in_threadpool(self._cache_get, key)

@@ -89,7 +89,7 @@ def index() -> PassageIndex:
     return PassageIndex.build(PASSAGES, HashingEmbedder(), progress=False)
 
 
-def pipeline(rewrite: TableBackend | None = None, **options: Any) -> Guardrail:
+def pipeline(rewrite: TableBackend | str | None = None, **options: Any) -> Guardrail:
     """A pipeline whose generator says "March 1974" confidently, with a given rewriter."""
     vocab = ["March", "1974", "Paris"]
     backend = ScriptedBackend(
@@ -171,8 +171,7 @@ def test_the_pipeline_retrieves_and_judges_the_standalone_question() -> None:
     assert alone.original_question is None and "rewrite" not in alone.timings
     assert len(rewrite.prompts) == 1
     # rewriter "none": the question as asked.
-    off = pipeline(config=GuardrailConfig(rewriter="none"))
-    off._rewriter = "none"
+    off = pipeline("none")
     assert off.ask("and when did it end?", history=OIL).question == "and when did it end?"
 
 
@@ -306,8 +305,9 @@ def test_a_rewriter_that_cannot_be_built_leaves_the_question_as_asked() -> None:
     def missing() -> Any:
         raise ModelUnavailableError("not installed")
 
-    guard = pipeline(escalation={"larger": missing})
-    guard._rewriter = "auto"  # the escalation model, which cannot be built
+    # rewriter auto: the escalation model (the generator is not a chat model), which cannot
+    # be built
+    guard = pipeline("auto", escalation={"larger": missing})
     guard.prepare_escalation()
     response = guard.ask("and when did it end?", history=OIL)
     assert response.question == "and when did it end?"

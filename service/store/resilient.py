@@ -3,6 +3,7 @@ is unreachable, drained back into Redis once it answers again."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,10 +22,6 @@ from service.store.base import (
 from service.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
-
-
-class _Skipped(StoreError):
-    """The primary was not called: its circuit breaker is open."""
 
 
 class ResilientStore:
@@ -66,18 +63,20 @@ class ResilientStore:
         self.fallbacks += 1
         self.breaker.failed()
 
-    def _note(self, exc: StoreError) -> None:
-        """A failed or skipped call to the primary."""
-        if not isinstance(exc, _Skipped):
-            self._failed(exc)
-
     def _call(self, what: str, func: Any, *args: Any) -> Any:
-        """``func(*args)`` on the primary, or a ``StoreError`` at once while the breaker is
-        open (without touching the primary)."""
+        """``func(*args)`` on the primary, its failure noted (``degraded``, the breaker); a
+        ``StoreError`` at once, without touching the primary, while the breaker is open."""
         if not self.breaker.allow():
             self.fallbacks += 1
-            raise _Skipped(f"skipped ({what}): {self.degraded}")
-        result = func(*args)
+            raise StoreError(f"skipped ({what}): {self.degraded}")
+        try:
+            result = func(*args)
+        except UnknownDecisionError:
+            self.breaker.succeeded()  # the primary answered
+            raise
+        except StoreError as exc:
+            self._failed(exc)
+            raise
         self.breaker.succeeded()
         return result
 
@@ -108,9 +107,8 @@ class ResilientStore:
         self._drain()
         try:
             decision_id = self._call("record", self.primary.record, record)
-        except StoreError as exc:
+        except StoreError:
             with self._lock:  # never between a drain's read and its delete
-                self._note(exc)
                 self._pending = True
                 return self.spool.record(record)
         self.degraded = None
@@ -122,7 +120,6 @@ class ResilientStore:
         except UnknownDecisionError:
             return self.spool.get(decision_id)
         except StoreError as exc:
-            self._note(exc)
             try:
                 return self.spool.get(decision_id)
             except UnknownDecisionError:
@@ -135,10 +132,8 @@ class ResilientStore:
         try:
             self._call("add feedback", self.primary.add_feedback, feedback)
             return
-        except UnknownDecisionError:
+        except (UnknownDecisionError, StoreError):
             pass
-        except StoreError as exc:
-            self._note(exc)
         # The decision is in the spool (recorded while the primary was down): the label waits
         # there with it. A decision held only by an unreachable primary cannot be labelled now.
         with self._lock:  # never between a drain's read and its delete
@@ -155,8 +150,7 @@ class ResilientStore:
     def feedback(self, decision_id: str) -> list[Feedback]:
         try:
             labels = self._call("read feedback", self.primary.feedback, decision_id)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             labels = []
         return labels + self.spool.feedback(decision_id)
 
@@ -164,8 +158,7 @@ class ResilientStore:
         spooled = self.spool.recent(limit)
         try:
             records = self._call("read recent decisions", self.primary.recent, limit)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             records = []
         merged = sorted(spooled + records, key=lambda r: r.get("recorded_at", 0), reverse=True)
         return merged[:limit]
@@ -174,8 +167,7 @@ class ResilientStore:
         spooled = self.spool.action_counts(since, bucket_seconds)
         try:
             counted = self._call("count actions", self.primary.action_counts, since, bucket_seconds)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             counted = []
         return merge_buckets([*counted, *spooled])
 
@@ -183,8 +175,7 @@ class ResilientStore:
         merged = self.spool.confidence_histogram(since)
         try:
             counted = self._call("read the histogram", self.primary.confidence_histogram, since)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             counted = {}
         for key, bins in counted.items():
             mine = merged.setdefault(key, [0] * len(bins))
@@ -194,31 +185,25 @@ class ResilientStore:
     def cache_get(self, key: str) -> dict[str, Any] | None:
         try:
             return self._call("read the cache", self.primary.cache_get, key)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             return None
 
     def cache_put(self, key: str, record: Mapping[str, Any], ttl_seconds: int) -> None:
-        try:
+        with contextlib.suppress(StoreError):  # a cache: nothing to fall back to
             self._call("write the cache", self.primary.cache_put, key, record, ttl_seconds)
-        except StoreError as exc:
-            self._note(exc)
 
     def hit_rate_limit(self, key: str, per_minute: int) -> bool:
         try:
             return self._call("count a request", self.primary.hit_rate_limit, key, per_minute)
-        except StoreError as exc:
-            self._note(exc)
+        except StoreError:
             # Counted per replica while the shared counter is down.
             return self.spool.hit_rate_limit(key, per_minute)
 
     def ping(self) -> None:
         """Check the primary; while it fails the store is degraded (the spool takes the
         writes), which is what ``/readyz`` reports, not unavailable."""
-        try:
+        with contextlib.suppress(StoreError):  # noted: ``degraded`` says why
             self._call("answer a ping", self.primary.ping)
-        except StoreError as exc:
-            self._note(exc)
 
     def close(self) -> None:
         self.primary.close()
