@@ -74,9 +74,13 @@ class GuardrailConfig(BaseSettings):
     max_new_tokens: int = Field(default=24, ge=1, le=512)
     max_passage_words: int = Field(default=160, ge=10)
     threads: int | None = Field(default=None, ge=1)
-    """CPU threads for the local models (default: torch's choice)."""
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Precision of the local models' weights and activations."""
+    """CPU threads of a local model's forward pass (default: the CPUs this process may use,
+    its affinity capped by its control group's CPU quota; ``guardrail.hardware``). On a host
+    shared with other busy processes, 1 is faster: see docs/service.md, "Threads"."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Precision of the local models' weights and activations: ``auto`` (bfloat16 where the
+    CPU computes it natively, float32 elsewhere: see ``guardrail.hardware``), ``bfloat16``
+    or ``float32``."""
     verifier: str = "default"
     """The answerability verifier behind ``verifier_answerable`` and ``verifier_support``:
     ``default`` (the artifact shipped with the package), a path to an artifact written by
@@ -85,6 +89,12 @@ class GuardrailConfig(BaseSettings):
     """Whether to measure ``abstain_logprob`` (one extra forward pass, about 13% of a
     generation): ``None`` (the default) when the policy in force needs it (its calibrator's
     features or its rules name it), ``True`` always, ``False`` never."""
+
+    def resolved_dtype(self) -> str:
+        """The precision the local models run in (``auto`` resolved for this CPU)."""
+        from guardrail.hardware import resolve_dtype
+
+        return resolve_dtype(self.dtype)
 
     def resolved_index_dir(self) -> Path:
         """The index directory, with the default filled in."""

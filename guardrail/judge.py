@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from guardrail.backends.base import GeneratorBackend
+from guardrail.cancel import Cancelled
 from guardrail.errors import GuardrailError
 from guardrail.signals import REGISTRY, Needs
 from guardrail.types import Generation, TokenStats
@@ -151,6 +152,8 @@ def judge_question(
     def attempt(target: str) -> tuple[Assessed, Decision]:
         try:
             assessed = answer(target)
+        except Cancelled:
+            raise  # nobody waits for this answer: not a failure of the target
         except GuardrailError as exc:
             raise TargetFailed(str(exc)) from None
         return assessed, judge.decide(assessed.assessment())

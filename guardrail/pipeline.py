@@ -28,6 +28,7 @@ from guardrail.assessment import FlagRules, is_abstention
 from guardrail.backends.base import GeneratorBackend
 from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
+from guardrail.cancel import checkpoint
 from guardrail.config import GuardrailConfig
 from guardrail.conversation import Turn, needs_rewrite, standalone_question
 from guardrail.decision_log import DecisionLog
@@ -71,7 +72,11 @@ def local_backend(config: GuardrailConfig, model: str) -> TransformersBackend:
     spec = model_spec(model)
     folder = prepare_model(config.cache_dir, model)
     return TransformersBackend(
-        folder, name=model, chat=spec.chat, threads=config.threads, dtype=config.dtype
+        folder,
+        name=model,
+        chat=spec.chat,
+        threads=config.threads,
+        dtype=config.resolved_dtype(),
     )
 
 
@@ -121,6 +126,12 @@ def check_question(question: object, max_chars: int) -> str:
         )
     if not stripped:
         raise QuestionError("the question is empty; ask a question in words")
+    if not any(ch.isalnum() for ch in stripped):
+        # Ten NUL bytes or a row of punctuation would otherwise pay a full generation.
+        raise QuestionError(
+            f"the question has no letter or digit ({len(stripped)} characters of punctuation, "
+            "symbols or control characters); ask a question in words"
+        )
     if len(stripped) > max_chars:
         raise QuestionError(
             f"the question has {len(stripped)} characters; the limit is {max_chars} "
@@ -262,6 +273,7 @@ class Guardrail:
         ``abstain_logprob``. With a ``guard`` model, the guard reads the answer with and
         without the passages (the Confidence Gain signals, and the token signals where the
         generator returned no token statistics); otherwise the generator scores its own."""
+        checkpoint()
         judge = judge or self.judge()
         probe = judge.probe
         prompts = prompt_for(backend, self.config.max_passage_words)
@@ -274,6 +286,7 @@ class Guardrail:
             max_new_tokens=self.config.max_new_tokens,
             probe=prompts.abstain_probe if probe else None,
         )
+        checkpoint()
         answer = generation.text
         abstained = is_abstention(answer)
         start = time.perf_counter()

@@ -163,8 +163,12 @@ def run_chain(
             continue
         try:
             result, decision = attempt(target.name)
-        except TargetFailed as exc:
+        except BaseException as exc:
+            # The target produced nothing: its budget is given back. A failure moves on to
+            # the next target; anything else (the request was cancelled, ...) ends the chain.
             ledger.release(policy.name, target)
+            if not isinstance(exc, TargetFailed):
+                raise
             reasons.append(
                 f"escalation target {target.name!r} failed: {exc} (its budget was not spent)"
             )

@@ -7,6 +7,10 @@ guardrail_escalations_total{tenant, policy, outcome}         escalated | fell_ba
 guardrail_errors_total{type}                                errors answered, by type
 guardrail_cache_hits_total                                  answers from the response cache
 guardrail_rate_limited_total{tenant}                        requests refused with 429
+guardrail_questions_active                                  questions in work now
+guardrail_questions_queued                                  questions waiting for a turn
+guardrail_overloaded_total                                  refused with 503 (queue full)
+guardrail_cancelled_total{stage}                            client left while queued | running
 guardrail_store_up                                          1 when the store answers, else 0
 guardrail_store_fallbacks_total                             writes that went to the spool
 """
@@ -74,6 +78,21 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "guardrail_rate_limited", "Requests refused with 429.", ["tenant"], registry=r
+        )
+        self.active = Gauge("guardrail_questions_active", "Questions in work now.", registry=r)
+        self.queued = Gauge(
+            "guardrail_questions_queued", "Questions waiting for a turn.", registry=r
+        )
+        self.overloaded = Counter(
+            "guardrail_overloaded",
+            "Questions refused with 503 because the queue was full.",
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "guardrail_cancelled",
+            "Questions whose client disconnected, by where they were: queued or running.",
+            ["stage"],
+            registry=r,
         )
         self.store_up = Gauge(
             "guardrail_store_up", "1 when the decision store answers, else 0.", registry=r

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
@@ -169,7 +169,15 @@ async def models(settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
 @router.post(
     "/v1/chat/completions",
     response_model=None,
-    responses={400: _ERROR, 401: _ERROR, 404: _ERROR, 413: _ERROR, 422: _ERROR, 429: _ERROR},
+    responses={
+        400: _ERROR,
+        401: _ERROR,
+        404: _ERROR,
+        413: _ERROR,
+        422: _ERROR,
+        429: _ERROR,
+        503: _ERROR,
+    },
 )
 async def chat_completions(
     body: ChatRequest,
@@ -177,11 +185,18 @@ async def chat_completions(
     caller: CallerDep,
     answerer: AnswererDep,
     settings: SettingsDep,
+    request: Request,
 ) -> dict[str, Any] | StreamingResponse:
     """An OpenAI chat completion whose content is guardrail's decision, rendered."""
     _check_model(body, settings.served_model)
     record = await answerer.answer(
-        guard, body.question(), None, caller, endpoint="chat", history=body.history()
+        guard,
+        body.question(),
+        None,
+        caller,
+        endpoint="chat",
+        history=body.history(),
+        disconnected=request.is_disconnected,
     )
     completion_id = "chatcmpl-" + str(record["id"]).removeprefix("dec_")
     created = int(time.time())

@@ -7,25 +7,33 @@ Every endpoint that answers (``/v1/answer``, ``/v1/chat/completions``) goes thro
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
+from guardrail.cancel import Cancelled, CancelToken, run_cancellable
 from guardrail.conversation import needs_rewrite
 from guardrail.pipeline import Guardrail
+from guardrail.types import Response
 from retrievers.types import Passage
+from service.admission import AdmissionGate, ClientGone, Disconnected, Overloaded, watch
 from service.errors import ApiError
 from service.metrics import NO_TENANT, Metrics
 from service.settings import ServiceSettings
 from service.store import DecisionStore, StoreError, cache_key, new_decision_id
 
 logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499
+"""The status logged for a question whose client disconnected (nginx's convention; nobody
+receives it)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,9 @@ class Answerer:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.gate = AdmissionGate(settings.resolved_max_active(), settings.max_queued_questions)
+        metrics.active.set_function(lambda: self.gate.active)  # read at every scrape
+        metrics.queued.set_function(lambda: self.gate.queued)
 
     async def answer(
         self,
@@ -65,10 +76,15 @@ class Answerer:
         *,
         endpoint: str,
         history: Sequence[tuple[str, str]] = (),
+        disconnected: Disconnected | None = None,
     ) -> dict[str, Any]:
         """The decision record for one question, recorded (with its ``id``) and counted.
         A follow-up in a conversation (``history`` with an earlier user turn) is never served
-        from the response cache: its meaning depends on the turns before it."""
+        from the response cache: its meaning depends on the turns before it.
+
+        The pipeline runs behind the admission gate (503 ``overloaded`` when its queue is
+        full); ``disconnected`` tells when the client has gone away, which cancels the
+        question's work (nothing is recorded: no decision was made)."""
         question = guard.check_question(question)
         await self._limit(caller)
         key = None
@@ -87,17 +103,46 @@ class Answerer:
                 # Served now: a new decision at this time, with no model time spent.
                 record = {**cached, "cached": True, "recorded_at": time.time(), "timings": {}}
                 return await self._record(record, endpoint)
-        response = await run_in_threadpool(
-            partial(guard.ask, question, passages=passages, tenant=caller.tenant, history=history)
+        work = partial(
+            guard.ask, question, passages=passages, tenant=caller.tenant, history=history
         )
+        response = await self._run(work, disconnected)
         record = {**response.to_dict(), "cached": False}
         if key is not None:
             await run_in_threadpool(self._cache_put, key, record)
         return await self._record(record, endpoint)
 
+    async def _run(
+        self, work: Callable[[], Response], disconnected: Disconnected | None
+    ) -> Response:
+        """``work`` in a worker thread, behind the gate, cancelled if the client leaves."""
+        token = CancelToken()
+        try:
+            async with self.gate.admitted(disconnected):
+                watcher = asyncio.create_task(watch(token, disconnected))
+                began = time.perf_counter()
+                try:
+                    response = await run_in_threadpool(run_cancellable, token, work)
+                finally:
+                    watcher.cancel()
+                self.gate.observe(time.perf_counter() - began)
+                return response
+        except Overloaded as exc:
+            self.metrics.overloaded.inc()
+            raise ApiError(
+                503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)}
+            ) from None
+        except (ClientGone, Cancelled) as exc:
+            stage = "queued" if isinstance(exc, ClientGone) else "running"
+            self.metrics.cancelled.labels(stage).inc()
+            logger.info("question cancelled while %s: %s", stage, exc)
+            raise ApiError(
+                CLIENT_CLOSED, "client_closed_request", f"{exc}; no decision was made"
+            ) from None
+
     async def _limit(self, caller: Caller) -> None:
         limit = self.settings.rate_limit_per_minute
-        if limit is None:
+        if not limit:
             return
         try:
             limited = await run_in_threadpool(self.store.hit_rate_limit, caller.key_id, limit)

@@ -55,15 +55,26 @@ async def readyz(state: StateDep) -> dict[str, Any] | JSONResponse:
 
 
 @router.post(
-    "/v1/answer", responses={400: _ERROR, 413: _ERROR, 422: _ERROR, 500: _ERROR, 503: _ERROR}
+    "/v1/answer",
+    responses={400: _ERROR, 413: _ERROR, 422: _ERROR, 429: _ERROR, 500: _ERROR, 503: _ERROR},
 )
 async def answer(
-    body: AnswerRequest, guard: GuardDep, caller: CallerDep, answerer: AnswererDep
+    body: AnswerRequest,
+    guard: GuardDep,
+    caller: CallerDep,
+    answerer: AnswererDep,
+    request: Request,
 ) -> dict[str, Any]:
     """Answer, hedge, defer or escalate one question, with the full decision record (its
     ``id`` names it for ``/v1/feedback``). The caller's API key picks the tenant's policy."""
     return await answerer.answer(
-        guard, body.question, body.to_passages(), caller, endpoint="answer", history=body.turns()
+        guard,
+        body.question,
+        body.to_passages(),
+        caller,
+        endpoint="answer",
+        history=body.turns(),
+        disconnected=request.is_disconnected,
     )
 
 

@@ -45,9 +45,16 @@ class ServiceSettings(GuardrailConfig):
     cache_ttl_seconds: int = Field(default=0, ge=0)
     """Serve a repeated question (same normalised text, corpus, policy, tenant) from the
     response cache for this long; 0 turns the cache off."""
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    """Requests per minute per API key (without keys, all callers share one limit); unset:
-    no limit."""
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    """Questions per minute per API key (without keys, all callers share one limit); 0: no
+    limit. Over the limit: 429 with ``Retry-After``."""
+    max_active_questions: int | None = Field(default=None, ge=1)
+    """Questions in work at once (past the rate limit and the response cache). Default: 2
+    with a local model (it runs one forward pass at a time; the second question does its
+    retrieval, verifier and recording meanwhile), 8 in proxy mode (the upstream generates)."""
+    max_queued_questions: int = Field(default=16, ge=0)
+    """Questions that may wait for a place in work; beyond that a question is refused at
+    once with 503 ``overloaded`` and a ``Retry-After`` estimated from recent questions."""
     mode: Literal["embedded", "proxy", "model"] = "embedded"
     """``embedded``: the local model answers; ``proxy``: the OpenAI-compatible server at
     ``upstream_url`` answers and guardrail decides; ``model``: serve the local model itself as
@@ -67,6 +74,12 @@ class ServiceSettings(GuardrailConfig):
         if self.mode == "embedded" and self.upstream_url:
             raise ValueError("upstream_url is set: use mode 'proxy' (GUARDRAIL_MODE=proxy)")
         return self
+
+    def resolved_max_active(self) -> int:
+        """``max_active_questions`` with its default for the mode filled in."""
+        if self.max_active_questions is not None:
+            return self.max_active_questions
+        return 8 if self.mode == "proxy" else 2
 
     def resolved_store_path(self) -> Path:
         """The SQLite store file (or Redis spool), with the default filled in."""

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from guardrail.cancel import Cancelled
 from policies import Action, Decision, Policy, parse_policy
 from policies.escalation import ChainResult, EscalationLedger, TargetFailed, run_chain
 from policies.schema import Budget, Target
@@ -255,3 +256,33 @@ def test_a_failed_target_does_not_spend_its_budget() -> None:
         first_answered=True,
     )
     assert again.target == "large"  # now it is spent
+
+
+def test_a_cancelled_escalation_gives_its_budget_back_and_ends_the_chain() -> None:
+    """A request cancelled during an escalation (its client left) is not a failed target: the
+    chain stops at once, and the target's escalation is given back."""
+    policy = chain_policy(
+        """\
+        targets:
+          - {name: mid, budget: {per_minute: 1}}
+          - large
+        """
+    )
+    ledger = EscalationLedger(Clock())
+    tried: list[str] = []
+
+    def cancelled(target: str) -> tuple[str, Decision]:
+        tried.append(target)
+        raise Cancelled("cancelled: the client disconnected")
+
+    with pytest.raises(Cancelled):
+        run_chain(FIRST, policy, cancelled, ledger, first_answered=True)
+    assert tried == ["mid"]  # the next target was not tried for a gone client
+    served = run_chain(
+        FIRST,
+        policy,
+        attempt_from({"mid": "answer", "large": "answer"}, []),
+        ledger,
+        first_answered=True,
+    )
+    assert served.target == "mid"  # its one escalation a minute is still there

@@ -277,6 +277,8 @@ def test_escalation_target_that_is_not_confident_defers(policy: Policy) -> None:
         ("", "the question is empty"),
         ("   \n\t ", "the question is empty"),
         ("x" * 1001, "the question has 1001 characters; the limit is 1000"),
+        ("\x00" * 10, "no letter or digit \\(10 characters"),
+        ("?!? ... ???", "no letter or digit"),
     ],
 )
 def test_bad_questions_are_refused_before_any_model_call(
@@ -287,6 +289,12 @@ def test_bad_questions_are_refused_before_any_model_call(
     with pytest.raises(QuestionError, match=message):
         guard.ask(question, passages=[PARIS])  # type: ignore[arg-type]
     assert model.calls == []
+
+
+@pytest.mark.parametrize("question", ["¿Qué es?", "東京は?", "1973?", "x"])
+def test_a_question_in_any_script_or_a_number_is_asked(policy: Policy, question: str) -> None:
+    guard = Guardrail(backend=confident("Paris"), policy=policy)
+    assert guard.ask(question, passages=[PARIS]).question == question
 
 
 def test_question_limit_counts_the_stripped_question(policy: Policy) -> None:

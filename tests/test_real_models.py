@@ -123,6 +123,34 @@ def test_parametric_pass_scores_the_contextual_answer_tokens(guard: Guardrail) -
     assert scored.logprobs[0] < generation.stats.logprobs[0]
 
 
+def test_cancellation_stops_the_real_decoding_loop(guard: Guardrail) -> None:
+    """A token cancelled between decoding steps stops generation with ``Cancelled``; the
+    backend then serves the next question normally (its lock and caches intact)."""
+    from guardrail.cancel import Cancelled, CancelToken, cancellable
+    from guardrail.prompts import prompt_for
+
+    backend = guard.backend
+    prompt = prompt_for(backend).contextual("What is the capital of France?", [LYON])
+    token = CancelToken()
+    model = backend.load()._model  # type: ignore[attr-defined]
+    passes = 0
+
+    def count(*args: object, **kwargs: object) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 2:  # the first decoding step after the prompt's pass
+            token.cancel("the test left")
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        with cancellable(token), pytest.raises(Cancelled, match="the test left"):
+            backend.generate(prompt, max_new_tokens=16)
+    finally:
+        hook.remove()
+    assert passes == 2  # stopped at the next checkpoint, not after 16 steps
+    assert backend.generate(prompt).text  # the backend is usable afterwards
+
+
 def test_escalation_to_the_larger_model(config: GuardrailConfig) -> None:
     """The larger model answers with the same passages and is assessed the same way."""
     kenya = [p for p in load_documents(demo_corpus_path()) if p.id == "Kenya#18"]
@@ -200,3 +228,4 @@ def test_shadow_mode_end_to_end(guard: Guardrail, tmp_path: Path) -> None:
     summary = compare(records)
     assert summary["decisions"] == 1
     assert summary["table"] == {f"answer -> {trial.policy_action}": 1}
+

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from guardrail.cancel import checkpoint
 from guardrail.errors import BackendError
 from guardrail.redact import without_credentials
 from guardrail.text import valid_unicode
@@ -141,6 +142,7 @@ class OpenAIClient:
         self, path: str, body: dict[str, Any], refused: type[BackendError] = BackendError
     ) -> dict[str, Any]:
         """POST ``body``; a 4xx/5xx answer raises ``refused`` with the server's message."""
+        checkpoint()  # a cancelled request does not call the upstream
         try:
             response = self._client.post(path, json=body)
         except httpx.HTTPError as exc:

@@ -9,9 +9,11 @@ cache of a prompt's head (everything up to its last blank line) is kept, keyed b
 ids, and reused when a later prompt starts with exactly those tokens. This is what keeps the
 no-passage ``score`` pass cheap next to the contextual generation.
 
-Precision: weights and activations run in bfloat16 by default (2-3x faster than float32 on
-this kind of CPU, mostly because the 262k-row LM head is memory-bound); the logits are
-reduced to log-probabilities and entropies in float32. ``dtype="float32"`` is available.
+Precision: ``dtype="auto"`` (the default) runs weights and activations in bfloat16 where the
+CPU computes it natively (the 262k-row LM head is memory-bound, and bfloat16 halves its read)
+and in float32 elsewhere, where bfloat16 is emulated and several times slower
+(``guardrail.hardware``). The logits are always reduced to log-probabilities and entropies in
+float32.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from guardrail.cancel import checkpoint
 from guardrail.errors import BackendError
+from guardrail.hardware import resolve_dtype, usable_cpus
 from guardrail.types import FinishReason, Generation, TokenStats
 
 
@@ -81,7 +85,7 @@ class TransformersBackend:
         chat: bool = False,
         max_context_tokens: int = 2048,
         threads: int | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         prefix_cache_size: int = 4,
         min_prefix_tokens: int = 16,
     ) -> None:
@@ -90,9 +94,7 @@ class TransformersBackend:
         self.chat = chat
         self.max_context_tokens = max_context_tokens
         self.threads = threads
-        if dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype)  # a ValueError names the valid values
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.RLock()  # one forward pass at a time; guards the caches
@@ -113,8 +115,9 @@ class TransformersBackend:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        # The process-wide intra-op pool: the usable CPUs unless set (torch's own default
+        # counts the host's cores, which oversubscribes a CPU-limited container).
+        torch.set_num_threads(self.threads or usable_cpus())
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
             model = AutoModelForCausalLM.from_pretrained(
@@ -234,6 +237,7 @@ class TransformersBackend:
         """
         self.load()
         with self._lock:
+            checkpoint()  # a cancelled request waiting for the model stops here
             return self._generate(prompt, max_new_tokens, temperature, probe)
 
     @torch.inference_mode()
@@ -289,6 +293,7 @@ class TransformersBackend:
         ids: list[int] = []
         finish: FinishReason = "length"
         for _ in range(max_new_tokens):
+            checkpoint()  # between decoding steps: a cancelled request stops decoding
             if temperature > 0:
                 probs = torch.softmax(logits.float() / temperature, dim=-1)
                 tok = int(torch.multinomial(probs, 1))
@@ -335,6 +340,7 @@ class TransformersBackend:
             raise ValueError(f"sampling needs a temperature above 0, got {temperature}")
         self.load()
         with self._lock:
+            checkpoint()
             return self._sample(prompt, n, temperature, max_new_tokens)
 
     @torch.inference_mode()
@@ -371,6 +377,7 @@ class TransformersBackend:
         """One teacher-forced pass: statistics of ``continuation`` after ``prompt``."""
         self.load()
         with self._lock:
+            checkpoint()
             return self._score(prompt, continuation)
 
     @torch.inference_mode()

@@ -183,7 +183,7 @@ def _setting(
         "n": args.n,
         "model": runner.guardrail.backend.name,
         **_upstream(runner.guardrail, config),
-        "dtype": config.dtype,
+        "dtype": config.resolved_dtype(),
         "prompt": (
             f"chat ({runner.settings['prompt']}), max {config.max_passage_words} words per "
             "passage, greedy, the reply's first line"
@@ -336,7 +336,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"{args.dataset}/{setting} split={args.split} seed={args.seed} n={args.n} "
         f"(fit share {fit_share}: fitted on {len(calibration.fit_records)}, certified on "
         f"{len(calibration.certify_records)}) "
-        f"model={runner.guardrail.backend.name} ({config.dtype}) "
+        f"model={runner.guardrail.backend.name} ({config.resolved_dtype()}) "
         f"prompt={runner.settings['prompt']} top_k={config.top_k} "
         f"max_passage_words={config.max_passage_words}"
     )

@@ -260,7 +260,7 @@ class EvalRunner:
         config = self.guardrail.config
         settings: dict[str, Any] = {
             "model": backend.name,
-            "dtype": config.dtype,
+            "dtype": config.resolved_dtype(),
             "prompt": prompt_fingerprint(backend, config.max_passage_words),
             "max_new_tokens": config.max_new_tokens,
             "max_passage_words": config.max_passage_words,
