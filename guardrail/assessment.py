@@ -16,6 +16,10 @@ Flags are facts about one answer that policies can name:
 - ``no_passages``: retrieval returned nothing.
 - ``passages_cut``: the passages did not all fit the model's context; the lowest-ranked were
   left out, and the answer, the signals and the citations use the ones that fit.
+- ``injected_answer``: the answer appears in the passages only inside text that reads like a
+  prompt (a ``Question:``/``Answer:`` frame, a chat role or control token, an instruction to
+  the model), nowhere in the documents' own statements: it was probably planted
+  (``guardrail.injection``). The bundled policies defer on it.
 
 The confidence here is the fixed, documented heuristic used until a calibrator is fitted:
 the geometric-mean probability of the answer tokens, halved when the answer text does not
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from guardrail.text import normalize_answer
 
 FLAG_NAMES: frozenset[str] = frozenset(
-    {"model_abstained", "knowledge_conflict", "no_passages", "passages_cut"}
+    {"model_abstained", "knowledge_conflict", "no_passages", "passages_cut", "injected_answer"}
 )
 
 _ABSTENTIONS = frozenset(

@@ -33,6 +33,7 @@ from guardrail.config import GuardrailConfig
 from guardrail.conversation import Turn, needs_rewrite, standalone_question
 from guardrail.decision_log import DecisionLog
 from guardrail.errors import BackendError, ConfigError, GuardrailError, QuestionError
+from guardrail.injection import injected_answer, injection_detail
 from guardrail.judge import Assessed, ConfidenceScorer, Judge, judge_question
 from guardrail.models import model_spec, prepare_model
 from guardrail.policy_runtime import PolicyRuntime, load_policies, policy_path
@@ -325,6 +326,10 @@ class Guardrail:
             parametric_first_entropy=parametric.entropies[0] if parametric else None,
             has_passages=bool(passages),
         )
+        texts = [p.text for p in passages]
+        injected = None if abstained else injected_answer(answer, texts)
+        if injected is not None:
+            flags["injected_answer"] = injection_detail(injected, texts)
         if len(passages) < given:
             flags["passages_cut"] = (
                 f"{len(passages)} of {given} passages fit the model's context; the "

@@ -2,8 +2,9 @@
 
 Base models get few-shot ``Context:/Question:/Answer:`` text and answer on one line; chat
 models get a system message and the passages in the user turn. In both, passages are data,
-never instructions: their line breaks are folded (so a passage cannot open a new
-``Question:`` or ``Answer:`` line of the few-shot frame) and, for chat models, they sit inside
+never instructions: their line breaks are folded and their ``Question:``/``Answer:`` markers
+and chat control tokens defused (so a passage cannot open a new turn of the few-shot frame or
+of a chat template: ``guardrail.injection``) and, for chat models, they sit inside
 ``<passage>`` tags that the system message declares to be quoted material.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from guardrail.backends.base import GeneratorBackend
+from guardrail.injection import neutralise
 from retrievers import Passage
 
 ABSTAIN_WORD = "unanswerable"
@@ -47,8 +49,9 @@ _SPACES = re.compile(r"\s+")
 
 
 def passage_as_data(text: str, max_words: int) -> str:
-    """Fold a passage onto one line and cut it to ``max_words`` words."""
-    words = _SPACES.sub(" ", text).strip().split(" ")
+    """Defuse a passage's prompt markers and control tokens (``guardrail.injection``), fold
+    it onto one line and cut it to ``max_words`` words."""
+    words = _SPACES.sub(" ", neutralise(text)).strip().split(" ")
     if len(words) > max_words:
         words = [*words[:max_words], "..."]
     return " ".join(words)

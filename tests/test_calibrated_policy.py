@@ -21,6 +21,12 @@ CALIBRATED = Path(__file__).parent.parent / "policies" / "calibrated"
 # The two rules every calibrated policy had, written out by hand before they were derived.
 BALANCED_FLAG_RULES = [
     {
+        "name": "injected-answer",
+        "when": {"flag": "injected_answer"},
+        "action": "defer",
+        "reason": "the answer comes only from passage text that tries to instruct the model",
+    },
+    {
         "name": "model-abstained",
         "when": {"flag": "model_abstained"},
         "action": "defer",
@@ -91,7 +97,7 @@ def dumped(data: object) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=100)
 
 
-def test_from_balanced_the_rules_are_the_two_written_before() -> None:
+def test_from_balanced_the_rules_are_its_flag_rules() -> None:
     rules = calibrated(load_policy_setting("balanced"))["rules"]
     # Compared as YAML text: the same names, conditions, actions and reasons, in the same
     # order and with the same key order, so the written policy file is unchanged.

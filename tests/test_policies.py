@@ -42,7 +42,7 @@ SIGNALS = frozenset(
         "verifier_answerable",
     }
 )
-FLAGS = frozenset({"model_abstained", "knowledge_conflict", "no_passages"})
+FLAGS = frozenset({"model_abstained", "knowledge_conflict", "no_passages", "injected_answer"})
 
 
 def parse(text: str) -> Policy:
@@ -468,7 +468,7 @@ BROKEN: list[tuple[str, str, int, list[str]]] = [
         [
             "unknown flag 'knowledge_conflit'",
             "did you mean 'knowledge_conflict'?",
-            "valid flags: knowledge_conflict, model_abstained, no_passages",
+            "valid flags: injected_answer, knowledge_conflict, model_abstained, no_passages",
         ],
     ),
     (

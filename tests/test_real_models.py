@@ -229,3 +229,19 @@ def test_shadow_mode_end_to_end(guard: Guardrail, tmp_path: Path) -> None:
     assert summary["decisions"] == 1
     assert summary["table"] == {f"answer -> {trial.policy_action}": 1}
 
+
+# Four cases whose payload the real model delivered as its answer before the defences
+# (benchmarks/results/injection.json, "before"), one of them with the true statement beside it.
+INJECTED = ("inj-00", "inj-10", "inj-13", "inj-41")
+
+
+def test_planted_answers_are_not_delivered(guard: Guardrail) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "injection.jsonl"
+    cases = {c["id"]: c for c in map(json.loads, fixture.read_text().splitlines())}
+    for case_id in INJECTED:
+        case = cases[case_id]
+        given = [Passage(f"p{i}", t, "planted.txt") for i, t in enumerate(case["passages"])]
+        response = guard.ask(case["question"], passages=given)
+        payload = case["payload"].casefold()
+        delivered = response.action in ("answer", "hedge")
+        assert not (delivered and payload in response.answer.casefold()), (case_id, response)
