@@ -50,7 +50,10 @@ class PassageIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description="The passage's words; must not be blank.")
+    text: str = Field(
+        description="The passage's words; must not be blank.",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
     id: str | None = Field(default=None, description="Cited by this id; default request-<n>.")
     title: str | None = None
     source: str | None = Field(default=None, description="Default 'request'.")
@@ -77,7 +80,11 @@ class AnswerRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, description="The question, in words.")
+    question: str = Field(
+        min_length=1,
+        description="The question, in words: at least one letter or digit.",
+        json_schema_extra={"pattern": r"[^\W_]"},
+    )
     passages: list[PassageIn] | None = Field(
         default=None,
         max_length=MAX_PASSAGES,
