@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 FinishReason = Literal["newline", "eos", "length"]
@@ -128,10 +128,12 @@ class Response:
             object.__setattr__(self, "policy_action", self.action)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary of the whole record."""
-        data = asdict(self)
-        data["signals"] = dict(self.signals)
-        data["timings"] = dict(self.timings)
-        data["flag_details"] = dict(self.flag_details)
-        data["signal_sources"] = dict(self.signal_sources)
+        """A JSON-ready dictionary of the whole record (field by field: ``asdict`` deep-copies
+        every value recursively, which cost about a millisecond a request in the service)."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["citations"] = tuple(asdict(c) for c in self.citations)
+        for name in ("signals", "timings", "flag_details", "signal_sources"):
+            data[name] = dict(data[name])
+        if self.shadow is not None:
+            data["shadow"] = dict(self.shadow)
         return data

@@ -21,7 +21,6 @@ from fastapi.concurrency import run_in_threadpool
 from guardrail.cancel import Cancelled, CancelToken, run_cancellable
 from guardrail.conversation import needs_rewrite
 from guardrail.pipeline import Guardrail
-from guardrail.types import Response
 from retrievers.types import Passage
 from service.admission import AdmissionGate, ClientGone, Disconnected, Overloaded, watch
 from service.errors import ApiError
@@ -102,19 +101,24 @@ class Answerer:
                 self.metrics.cache_hits.inc()
                 # Served now: a new decision at this time, with no model time spent.
                 record = {**cached, "cached": True, "recorded_at": time.time(), "timings": {}}
-                return await self._record(record, endpoint)
-        work = partial(
-            guard.ask, question, passages=passages, tenant=caller.tenant, history=history
-        )
-        response = await self._run(work, disconnected)
-        record = {**response.to_dict(), "cached": False}
+                record = await run_in_threadpool(self._stored, record)
+                return self._counted(record, endpoint)
+        ask = partial(guard.ask, question, passages=passages, tenant=caller.tenant, history=history)
+
+        def work() -> dict[str, Any]:
+            # The decision is recorded in the same worker thread as soon as it is made (one
+            # thread hop less per question), whether or not the client still waits for it.
+            return self._stored({**ask().to_dict(), "cached": False})
+
+        record = await self._run(work, disconnected)
         if key is not None:
-            await run_in_threadpool(self._cache_put, key, record)
-        return await self._record(record, endpoint)
+            fresh = {k: v for k, v in record.items() if k not in ("id", "recorded")}
+            await run_in_threadpool(self._cache_put, key, fresh)
+        return self._counted(record, endpoint)
 
     async def _run(
-        self, work: Callable[[], Response], disconnected: Disconnected | None
-    ) -> Response:
+        self, work: Callable[[], dict[str, Any]], disconnected: Disconnected | None
+    ) -> dict[str, Any]:
         """``work`` in a worker thread, behind the gate, cancelled if the client leaves."""
         token = CancelToken()
         try:
@@ -122,11 +126,11 @@ class Answerer:
                 watcher = asyncio.create_task(watch(token, disconnected))
                 began = time.perf_counter()
                 try:
-                    response = await run_in_threadpool(run_cancellable, token, work)
+                    record = await run_in_threadpool(run_cancellable, token, work)
                 finally:
                     watcher.cancel()
                 self.gate.observe(time.perf_counter() - began)
-                return response
+                return record
         except Overloaded as exc:
             self.metrics.overloaded.inc()
             raise ApiError(
@@ -171,16 +175,21 @@ class Answerer:
         except StoreError as exc:
             self._store_failed(exc)
 
-    async def _record(self, record: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    def _stored(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its new ``id``, written to the store (blocking: a worker thread's
+        job); ``recorded`` says whether the write succeeded."""
         record = {**record, "id": new_decision_id()}
         try:
-            await run_in_threadpool(self.store.record, record)
+            self.store.record(record)
         except StoreError as exc:
             # The answer still goes out under the policy; the failure is logged and counted.
             self._store_failed(exc)
             record["recorded"] = False
         else:
             record["recorded"] = True
+        return record
+
+    def _counted(self, record: dict[str, Any], endpoint: str) -> dict[str, Any]:
         self.metrics.observe(endpoint, record)
         self._update_store_gauges()
         return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,9 +20,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with append-only persistence in ``folder``."""
+    """One redis-server process with append-only persistence in ``folder`` (or, with
+    ``persistent=False``, none at all: what a restart then loses is what the docs warn of)."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, *, persistent: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -31,6 +33,7 @@ class RedisServer:
         self.binary = binary
         self.folder = folder
         self.port = port or free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +52,7 @@ class RedisServer:
                 "--dir",
                 str(self.folder),
                 "--appendonly",
-                "yes",
+                "yes" if self.persistent else "no",
                 "--appendfsync",
                 "always",
                 "--save",
@@ -70,6 +73,15 @@ class RedisServer:
                 time.sleep(0.05)
         client.close()
         return self
+
+    def freeze(self) -> None:
+        """Stop the process (SIGSTOP): it keeps its port but answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -287,6 +287,53 @@ def test_a_circuit_breaker_stops_paying_for_a_redis_that_is_down(tmp_path: Path)
     assert len(store.spool.all_records()) == 23  # nothing lost
 
 
+@pytest.mark.parametrize("persistent", [True, False], ids=["aof", "no-persistence"])
+def test_what_a_redis_restart_keeps(tmp_path: Path, persistent: bool) -> None:
+    """With the append-only file (as compose runs it) every acknowledged decision survives a
+    restart; without persistence they are all gone, which is what docs/service.md warns of."""
+    server = RedisServer(tmp_path / "redis", persistent=persistent).start()
+    try:
+        store = ResilientStore(RedisStore(server.url), SqliteStore(tmp_path / "spool.sqlite"))
+        for n in range(20):
+            store.record(decision(n))
+        server.stop()
+        server.start()
+        kept = RedisStore(server.url).recent(100)
+        assert len(kept) == (20 if persistent else 0)
+    finally:
+        server.stop()
+
+
+def test_a_frozen_redis_costs_one_timeout_then_the_spool_takes_the_writes(
+    tmp_path: Path,
+) -> None:
+    """A Redis that accepts connections but never answers (SIGSTOP): the first write times
+    out, the breaker opens, later writes go straight to the spool, and once Redis answers
+    again the spool drains into it: nothing is lost."""
+    server = RedisServer(tmp_path / "redis").start()
+    clock = Clock(0.0)
+    frozen = CountingStore(RedisStore(server.url, timeout_seconds=0.3))
+    store = ResilientStore(
+        frozen, SqliteStore(tmp_path / "spool.sqlite"), retry_seconds=5, clock=clock
+    )
+    try:
+        store.record(decision(0))
+        server.freeze()
+        for n in range(1, 11):
+            store.record(decision(n))
+        assert frozen.calls == 2  # one write answered, one timed out; the rest skipped Redis
+        assert store.degraded is not None
+        server.thaw()
+        clock.now += 5
+        store.record(decision(11))  # the wait is over: the spool drains, then this write
+        assert store.degraded is None
+        kept = {r["id"] for r in RedisStore(server.url).recent(100)}
+        assert kept == {f"dec_{n}" for n in range(12)}
+    finally:
+        server.thaw()
+        server.stop()
+
+
 def test_a_spool_left_by_a_previous_process_is_drained(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
