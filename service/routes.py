@@ -16,7 +16,7 @@ from service.deps import AdminDep, AnswererDep, CallerDep, DashboardDep, GuardDe
 from service.errors import ApiError, error_body
 from service.metrics import Metrics
 from service.recording import Answerer, Caller
-from service.schemas import AnswerRequest, FeedbackRequest
+from service.schemas import AnswerRequest, FeedbackBatchRequest, FeedbackRequest
 from service.store import Feedback, StoreError, UnknownDecisionError
 
 router = APIRouter()
@@ -109,6 +109,51 @@ async def feedback(
         await _own_record(answerer, body.decision_id, caller)
         await run_in_threadpool(answerer.store.add_feedback, label)
     return {"recorded": True, "feedback": label.to_dict()}
+
+
+@router.post("/v1/feedback/batch", responses={401: _ERROR, 422: _ERROR})
+async def feedback_batch(
+    body: FeedbackBatchRequest, caller: CallerDep, answerer: AnswererDep
+) -> dict[str, Any]:
+    """Many labels at once (a team labels a day's sample). Each item is recorded or refused on
+    its own, as ``/v1/feedback`` would: an unknown decision, or another tenant's, is refused
+    (``unknown_decision``) without stopping the others; the reply lists every item's outcome
+    in order and counts the recorded ones."""
+
+    def record_all() -> list[dict[str, Any]]:
+        outcomes: list[dict[str, Any]] = []
+        for item in body.items:
+            label = Feedback(item.decision_id, item.correct, item.label, item.comment)
+            try:
+                record = answerer.store.get(item.decision_id)
+                if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
+                    raise UnknownDecisionError(item.decision_id)
+                answerer.store.add_feedback(label)
+            except UnknownDecisionError:
+                outcomes.append(
+                    _refused(
+                        item.decision_id,
+                        "unknown_decision",
+                        f"no decision {item.decision_id!r} for this API key",
+                    )
+                )
+            except StoreError as exc:
+                outcomes.append(_refused(item.decision_id, "store_unavailable", str(exc)))
+            else:
+                outcomes.append({"decision_id": item.decision_id, "recorded": True})
+        return outcomes
+
+    outcomes = await run_in_threadpool(record_all)
+    recorded = sum(1 for outcome in outcomes if outcome["recorded"])
+    return {"recorded": recorded, "refused": len(outcomes) - recorded, "items": outcomes}
+
+
+def _refused(decision_id: str, kind: str, message: str) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id,
+        "recorded": False,
+        "error": {"type": kind, "message": message},
+    }
 
 
 @router.get("/v1/decisions/{decision_id}", responses={401: _ERROR, 404: _ERROR, 503: _ERROR})

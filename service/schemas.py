@@ -12,6 +12,8 @@ MAX_PASSAGES = 20
 """At most this many passages per request; each costs prompt tokens and time."""
 
 MAX_HISTORY = 50
+MAX_FEEDBACK_BATCH = 1000
+"""Labels in one ``POST /v1/feedback/batch`` (a day's labelled sample at once)."""
 """At most this many earlier turns per request (the rewriter reads the last few)."""
 
 USAGE = (
@@ -138,3 +140,15 @@ class FeedbackRequest(BaseModel):
     correct: bool | None = Field(description="Was the response right? null: not said.")
     label: str | None = Field(default=None, max_length=200, description="A short tag.")
     comment: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackBatchRequest(BaseModel):
+    """The body of ``POST /v1/feedback/batch``: many labels at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FeedbackRequest] = Field(
+        min_length=1,
+        max_length=MAX_FEEDBACK_BATCH,
+        description=f"At most {MAX_FEEDBACK_BATCH} labels; each is recorded or refused on its own.",
+    )
