@@ -12,11 +12,13 @@ fi
 .venv/bin/python -m pip install --quiet --progress-bar off -e ".[cpu,escalation,eval,dev]"
 
 # System packages the tests use: Debian's redis-server (the Redis decision store's tests start
-# their own server on 127.0.0.1) and chromium (the dashboard's test loads the page in it,
-# headless). Installed only when missing.
+# their own server on 127.0.0.1), chromium (the dashboard's test loads the page in it,
+# headless) and prometheus (for promtool, which checks and unit-tests the alert rules; its
+# service is not started). Installed only when missing.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
