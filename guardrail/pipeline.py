@@ -77,7 +77,7 @@ def local_backend(config: GuardrailConfig, model: str) -> TransformersBackend:
         name=model,
         chat=spec.chat,
         threads=config.threads,
-        dtype=config.resolved_dtype(),
+        dtype=config.dtype,  # the backend resolves ``auto`` for this CPU
     )
 
 

@@ -84,18 +84,26 @@ def _decision_errors(decision_id: str) -> Iterator[None]:
     try:
         yield
     except UnknownDecisionError:
-        raise ApiError(
-            404, "unknown_decision", f"no decision {decision_id!r} for this API key"
-        ) from None
+        raise ApiError(404, "unknown_decision", _unknown(decision_id)) from None
     except StoreError as exc:
         raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
 
 
-async def _own_record(answerer: Answerer, decision_id: str, caller: Caller) -> dict[str, Any]:
-    record = await run_in_threadpool(answerer.store.get, decision_id)
+def _unknown(decision_id: str) -> str:
+    return f"no decision {decision_id!r} for this API key"
+
+
+def _owned(answerer: Answerer, decision_id: str, caller: Caller) -> dict[str, Any]:
+    """The recorded decision, if the caller may see it (blocking: the store is read);
+    another tenant's decision raises ``UnknownDecisionError`` like a missing one."""
+    record = answerer.store.get(decision_id)
     if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
         raise UnknownDecisionError(decision_id)
     return record
+
+
+async def _own_record(answerer: Answerer, decision_id: str, caller: Caller) -> dict[str, Any]:
+    return await run_in_threadpool(_owned, answerer, decision_id, caller)
 
 
 @router.post("/v1/feedback", responses={401: _ERROR, 404: _ERROR, 422: _ERROR, 503: _ERROR})
@@ -125,17 +133,11 @@ async def feedback_batch(
         for item in body.items:
             label = Feedback(item.decision_id, item.correct, item.label, item.comment)
             try:
-                record = answerer.store.get(item.decision_id)
-                if record.get("tenant") != caller.tenant and caller.key_id != "anonymous":
-                    raise UnknownDecisionError(item.decision_id)
+                _owned(answerer, item.decision_id, caller)
                 answerer.store.add_feedback(label)
             except UnknownDecisionError:
                 outcomes.append(
-                    _refused(
-                        item.decision_id,
-                        "unknown_decision",
-                        f"no decision {item.decision_id!r} for this API key",
-                    )
+                    _refused(item.decision_id, "unknown_decision", _unknown(item.decision_id))
                 )
             except StoreError as exc:
                 outcomes.append(_refused(item.decision_id, "store_unavailable", str(exc)))

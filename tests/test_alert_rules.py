@@ -86,13 +86,15 @@ def test_the_rules_name_only_exported_metrics_and_labels() -> None:
     exported = exported_series()
     for rule in rules:
         expr = rule["expr"]
-        for name in re.findall(r"\b(guardrail[:_][a-z0-9_:]+)", expr):
-            assert name in recorded or name in exported, (name, expr)
-            for label in re.findall(r"(?:by \(|,\s*)([a-z_]+)", expr):
-                if name in exported:
-                    assert label in exported[name] | {"tenant", "policy"}, (label, name)
+        names = set(re.findall(r"\b(guardrail[:_][a-z0-9_:]+)", expr))
+        assert names <= recorded | set(exported), (names - recorded - set(exported), expr)
+        raw = [exported[name] for name in names if name in exported]
+        # Every label a raw series is grouped or selected by is one that series carries.
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (part.strip() for part in group.split(",")):
+                assert all(label in labels for labels in raw), (label, expr)
         for label in re.findall(r"\{([a-z_]+)=", expr):
-            assert any(label in labels for labels in exported.values()), label
+            assert all(label in labels for labels in raw), (label, expr)
     alerts = [r for r in rules if "alert" in r]
     assert {a["alert"] for a in alerts} == {
         "GuardrailRefusalRateDrift",

@@ -221,16 +221,27 @@ def test_a_short_window_does_not_hide_a_long_windows_decisions() -> None:
     assert granted == 200
 
 
-def test_a_failed_target_does_not_spend_its_budget() -> None:
-    """A target that fails without answering gives its escalation back: the budget pays for
-    answers tried, not for targets that could not run."""
-    policy = chain_policy(
+def mid_once_a_minute() -> Policy:
+    """A chain whose first target may serve one escalation a minute."""
+    return chain_policy(
         """\
         targets:
           - {name: mid, budget: {per_minute: 1}}
           - large
         """
     )
+
+
+def served_by(policy: Policy, ledger: EscalationLedger) -> str | None:
+    """The target that serves the next escalation when every target would answer."""
+    chain = attempt_from({"mid": "answer", "large": "answer"}, [])
+    return run_chain(FIRST, policy, chain, ledger, first_answered=True).target
+
+
+def test_a_failed_target_does_not_spend_its_budget() -> None:
+    """A target that fails without answering gives its escalation back: the budget pays for
+    answers tried, not for targets that could not run."""
+    policy = mid_once_a_minute()
     ledger = EscalationLedger(Clock())
     failed = run_chain(
         FIRST,
@@ -240,34 +251,14 @@ def test_a_failed_target_does_not_spend_its_budget() -> None:
         first_answered=True,
     )
     assert any("(its budget was not spent)" in r for r in failed.decision.reasons)
-    served = run_chain(
-        FIRST,
-        policy,
-        attempt_from({"mid": "answer", "large": "answer"}, []),
-        ledger,
-        first_answered=True,
-    )
-    assert served.target == "mid"  # its one escalation a minute is still there
-    again = run_chain(
-        FIRST,
-        policy,
-        attempt_from({"mid": "answer", "large": "answer"}, []),
-        ledger,
-        first_answered=True,
-    )
-    assert again.target == "large"  # now it is spent
+    assert served_by(policy, ledger) == "mid"  # its one escalation a minute is still there
+    assert served_by(policy, ledger) == "large"  # now it is spent
 
 
 def test_a_cancelled_escalation_gives_its_budget_back_and_ends_the_chain() -> None:
     """A request cancelled during an escalation (its client left) is not a failed target: the
     chain stops at once, and the target's escalation is given back."""
-    policy = chain_policy(
-        """\
-        targets:
-          - {name: mid, budget: {per_minute: 1}}
-          - large
-        """
-    )
+    policy = mid_once_a_minute()
     ledger = EscalationLedger(Clock())
     tried: list[str] = []
 
@@ -278,11 +269,4 @@ def test_a_cancelled_escalation_gives_its_budget_back_and_ends_the_chain() -> No
     with pytest.raises(Cancelled):
         run_chain(FIRST, policy, cancelled, ledger, first_answered=True)
     assert tried == ["mid"]  # the next target was not tried for a gone client
-    served = run_chain(
-        FIRST,
-        policy,
-        attempt_from({"mid": "answer", "large": "answer"}, []),
-        ledger,
-        first_answered=True,
-    )
-    assert served.target == "mid"  # its one escalation a minute is still there
+    assert served_by(policy, ledger) == "mid"  # its one escalation a minute is still there
