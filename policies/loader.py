@@ -88,8 +88,8 @@ def load_policy_set(
     Raises :class:`PolicyLoadError` if a file cannot be read or parsed, and
     :class:`PolicyValidationError` if the result is not valid, listing every problem found.
     """
-    loader = _Loader(signal_names, flag_names)
     path = Path(path)
+    loader = _Loader(signal_names, flag_names, path.parent)
     merged = loader.resolve(loader.read(path), str(path), path.parent, ())
     return loader.finish(merged, str(path))
 
@@ -104,7 +104,7 @@ def parse_policy_set(
 ) -> PolicySet:
     """Validate policy YAML given as text; ``source`` names it in error messages and a
     relative ``extends`` path is resolved against ``base_dir``."""
-    loader = _Loader(signal_names, flag_names)
+    loader = _Loader(signal_names, flag_names, Path(base_dir))
     return loader.finish(loader.resolve(text, source, Path(base_dir), ()), source)
 
 
@@ -137,9 +137,13 @@ _EXTENDS_HELP = "the name of a bundled policy or the path of a policy file (rela
 class _Loader:
     """One load: reads documents, follows ``extends``, merges tenants, collects every issue."""
 
-    def __init__(self, signal_names: Collection[str], flag_names: Collection[str]) -> None:
+    def __init__(
+        self, signal_names: Collection[str], flag_names: Collection[str], folder: Path
+    ) -> None:
         self.context = validation_context(signal_names, flag_names)
         self.issues: list[PolicyIssue] = []
+        self.folder = folder
+        """The loaded file's folder: a tenant's ``extends`` path is relative to it."""
 
     @staticmethod
     def read(path: Path) -> str:
@@ -207,7 +211,7 @@ class _Loader:
             raise self._fatal(
                 origin, f"extends must be {_EXTENDS_HELP}; got {shown(extends)}", source
             )
-        if extends.endswith((".yaml", ".yml")) or "/" in extends:
+        if _is_path(extends):
             parent = folder / extends
             if not parent.is_file():
                 raise self._fatal(origin, f"extends: no policy file {str(parent)!r}", source)
@@ -289,7 +293,13 @@ class _Loader:
         extends_origin = layer.origin(("extends",))
         extends, _ = layer.pop("extends")
         parent = base
-        if extends is not None:
+        if _is_path(extends):
+            assert isinstance(extends, str)
+            found = self.tenant_file(name, extends, extends_origin)
+            if found is None:
+                return None
+            parent = found
+        elif extends is not None:
             if not isinstance(extends, str) or extends not in tenants.data:
                 valid = [str(t) for t in tenants.data if t != name]
                 hint = did_you_mean(str(extends), valid) if isinstance(extends, str) else ""
@@ -308,6 +318,34 @@ class _Loader:
                 return None
             parent = inherited
         return merge(parent, layer)
+
+    def tenant_file(self, name: str, extends: str, origin: Origin | None) -> Layered | None:
+        """The policy file a tenant extends (a path relative to the loaded file; its own
+        bases merged, its calibrator path made relative to the loaded file), or ``None``
+        with the problem recorded."""
+        path = self.folder / extends
+        if not path.is_file():
+            self._issue(origin, f"tenant {name!r} extends: no policy file {str(path)!r}")
+            return None
+        saved = self.issues
+        self.issues = []
+        try:
+            layered = self.resolve(self.read(path), str(path), path.parent, ())
+        except (PolicyLoadError, PolicyValidationError) as exc:
+            self.issues = saved + [
+                issue._replace(source=issue.source or exc.source) for issue in exc.errors
+            ]
+            return None
+        self.issues = saved + self.issues
+        if "tenants" in layered.data:
+            self._issue(
+                origin,
+                f"tenant {name!r} extends {extends!r}, which has tenants of its own; a tenant "
+                "can extend a policy file without tenants (a calibrated policy, say)",
+            )
+            return None
+        _rebase_calibrator(layered, path.parent, self.folder)
+        return layered
 
     def validate(self, layered: Layered, prefix: str) -> Policy | None:
         """The policy, or ``None`` with its issues recorded; a tenant's issues that repeat one
@@ -437,6 +475,11 @@ def _unsupported_version(root: yaml.Node, data: dict[Any, Any]) -> PolicyIssue |
         column,
         f"unsupported policy version {version!r}; supported versions: {supported}",
     )
+
+
+def _is_path(value: object) -> bool:
+    """Whether an ``extends`` value names a file rather than a bundled policy or a tenant."""
+    return isinstance(value, str) and (value.endswith((".yaml", ".yml")) or "/" in value)
 
 
 def _is_name(value: str) -> bool:

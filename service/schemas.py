@@ -137,7 +137,11 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision_id: str = Field(min_length=1, max_length=100, description="The decision's id.")
-    correct: bool | None = Field(description="Was the response right? null: not said.")
+    correct: bool | None = Field(
+        description="Is the decision's answer (its `answer` field, even when the policy "
+        "deferred it) right? For the model's own abstention: true when the documents held no "
+        "answer. null: a comment, not a label."
+    )
     label: str | None = Field(default=None, max_length=200, description="A short tag.")
     comment: str | None = Field(default=None, max_length=2000)
 

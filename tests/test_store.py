@@ -100,6 +100,28 @@ def test_feedback(store: tuple[DecisionStore, Clock]) -> None:
         s.add_feedback(Feedback("dec_nope", True))
 
 
+def test_labelled_keeps_each_decisions_latest_right_or_wrong_label(
+    store: tuple[DecisionStore, Clock],
+) -> None:
+    s, _ = store
+    for n in range(4):
+        s.record(decision(n, at=T0 + n, tenant="acme" if n % 2 else None))
+    s.add_feedback(Feedback("dec_0", False, at=T0 + 10))
+    s.add_feedback(Feedback("dec_0", True, at=T0 + 11))  # relabelled: the latest counts
+    s.add_feedback(Feedback("dec_0", None, comment="a remark, not a label", at=T0 + 12))
+    s.add_feedback(Feedback("dec_1", False, at=T0 + 10))
+    s.add_feedback(Feedback("dec_2", None, comment="unsure", at=T0 + 10))  # never labelled
+    s.add_feedback(Feedback("dec_3", True, at=T0 + 10))
+    labelled = s.labelled()
+    assert [(item.record["id"], item.label.correct) for item in labelled] == [
+        ("dec_0", True),
+        ("dec_1", False),
+        ("dec_3", True),
+    ]
+    assert labelled[1].record == decision(1, at=T0 + 1, tenant="acme")
+    assert [item.record["id"] for item in s.labelled(since=T0 + 1)] == ["dec_1", "dec_3"]
+
+
 def test_recent_is_newest_first(store: tuple[DecisionStore, Clock]) -> None:
     s, _ = store
     for n in range(5):

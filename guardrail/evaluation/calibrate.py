@@ -285,21 +285,51 @@ def write_calibrated_policy(
 
     The calibrator carries its certification data (the scores, correctness and eligibility
     of the certifying part), from which the loader certifies the policy's risk target."""
+    calibrator, certify_records = calibration.calibrator, calibration.certify_records
+    return write_policy_files(
+        calibrator,
+        calibration.answer,
+        calibration.hedge,
+        certification=(
+            [float(p) for p in calibrator.predict_proba([observation(r) for r in certify_records])],
+            [bool(r.answer_correct) for r in certify_records],
+            [not r.abstained for r in certify_records],
+        ),
+        base=base,
+        out=out,
+        fitted_on=fitted_on,
+        written_by="guardrail calibrate",
+    )
+
+
+def write_policy_files(
+    calibrator: LogisticCalibrator,
+    answer: RiskControl,
+    hedge: RiskControl | None,
+    *,
+    certification: tuple[Sequence[float], Sequence[bool], Sequence[bool]],
+    base: Policy,
+    out: Path,
+    fitted_on: str,
+    written_by: str,
+) -> tuple[Path, Path]:
+    """Write ``STEM.yaml`` and ``STEM.calibrator.json`` for a calibrator whose thresholds were
+    certified on ``certification`` (scores, whether each answer is right, whether it could be
+    answered at all), in that order; return the two paths."""
     stem = out.with_suffix("") if out.suffix in (".yaml", ".yml") else out
     policy_out = stem.with_suffix(".yaml")
     calibrator_out = stem.parent / f"{stem.name}.calibrator.json"
-    calibrator, certify_records = calibration.calibrator, calibration.certify_records
-    probs = calibrator.predict_proba([observation(r) for r in certify_records])
+    scores, correct, eligible = certification
     calibrator.metadata = {
         "fitted_on": fitted_on,
-        "answer": calibration.answer.to_dict(),
+        "answer": answer.to_dict(),
         # The held-out part the thresholds are certified on: a policy that states its
         # thresholds as a risk target is certified from these when it is loaded.
         "certification": {
             "data": fitted_on,
-            "scores": [round(float(p), 6) for p in probs],
-            "correct": [bool(r.answer_correct) for r in certify_records],
-            "eligible": [not r.abstained for r in certify_records],
+            "scores": [round(float(p), 6) for p in scores],
+            "correct": [bool(c) for c in correct],
+            "eligible": [bool(e) for e in eligible],
         },
     }
     calibrator.save(calibrator_out)
@@ -307,12 +337,12 @@ def write_calibrated_policy(
         base,
         name=stem.name,
         calibrator_file=calibrator_out.name,
-        answer=calibration.answer,
-        hedge=calibration.hedge,
+        answer=answer,
+        hedge=hedge,
         fitted_on=fitted_on,
     )
     header = (
-        f"# Written by `guardrail calibrate` on {datetime.date.today().isoformat()}.\n"
+        f"# Written by `{written_by}` on {datetime.date.today().isoformat()}.\n"
         f"# Fitted on {fitted_on}.\n"
         "# The thresholds were chosen by risk control (Learn then Test); see docs/calibration.md.\n"
     )

@@ -73,12 +73,36 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="fit a calibrator and certified thresholds into a policy",
     )
-    add_eval_arguments(p)
+    add_eval_arguments(p, dataset_required=False)
     p.add_argument("--split", default="calibrate", choices=SPLITS, help="split to fit on")
     p.add_argument(
         "--policy",
         help="base policy whose actions and flag rules the calibrated policy keeps "
-        "(default balanced)",
+        "(default balanced; with --from-store, the served policy file: GUARDRAIL_POLICY)",
+    )
+    store = p.add_argument_group(
+        "from the service's decisions (instead of --dataset)",
+        "fit on the labelled decisions of one tenant (docs/calibration.md, 'Recalibrating "
+        "from feedback')",
+    )
+    store.add_argument(
+        "--from-store",
+        action="store_true",
+        help="fit on the labels given to the service's decisions (POST /v1/feedback)",
+    )
+    store.add_argument(
+        "--store",
+        help="the decision store: a SQLite file or a redis:// URL (default: the service "
+        "settings GUARDRAIL_STORE, GUARDRAIL_REDIS_URL, GUARDRAIL_STORE_PATH)",
+    )
+    store.add_argument("--tenant", help="whose decisions (default: those made without a tenant)")
+    store.add_argument(
+        "--model", help="the generator model whose decisions to use, when there are several"
+    )
+    store.add_argument(
+        "--holdout-share",
+        type=float,
+        help="share of the questions held back to compare before and after (default 0.2)",
     )
     p.add_argument(
         "--out", required=True, help="output path stem: writes STEM.yaml and STEM.calibrator.json"
@@ -90,11 +114,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+def add_eval_arguments(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
     """Arguments shared by ``eval`` and ``calibrate``."""
     p.add_argument(
         "--dataset",
-        required=True,
+        required=dataset_required,
         help=f"one of {', '.join(DATASETS)}, or a labelled .jsonl file",
     )
     p.add_argument("--setting", help="the dataset's setting (e.g. gold or open for squad2)")
@@ -130,8 +154,13 @@ def _risk_arguments(p: argparse.ArgumentParser) -> None:
         help="share of the calibration split's paragraphs the calibrator is fitted on; the "
         f"rest certifies its thresholds (default {DEFAULT_FIT_SHARE})",
     )
-    p.add_argument("--target-error", type=float, default=0.1, help="alpha (default 0.1)")
-    p.add_argument("--delta", type=float, default=0.1, help="failure probability (default 0.1)")
+    p.add_argument(
+        "--target-error",
+        type=float,
+        help="alpha (default 0.1; with --from-store, the target of the policy in force if it "
+        "has one)",
+    )
+    p.add_argument("--delta", type=float, help="failure probability (default 0.1, or the policy's)")
     p.add_argument("--method", choices=METHODS, default="binomial", help="risk-control p-value")
     p.add_argument(
         "--calibrator",
@@ -142,7 +171,7 @@ def _risk_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_rates(*options: tuple[str, float | None]) -> None:
+def check_rates(*options: tuple[str, float | None]) -> None:
     """Refuse a rate option (given as ``(flag, value)``) outside (0, 1); None is not given."""
     for flag, value in options:
         if value is not None and not 0 < value < 1:
@@ -223,14 +252,23 @@ def _home(path: Path) -> str:
     return "~" + text[len(home) :] if text.startswith(home) else text
 
 
+def _default_rates(args: argparse.Namespace) -> None:
+    """``--target-error`` and ``--delta`` default to 0.1 when not given."""
+    if args.target_error is None:
+        args.target_error = 0.1
+    if args.delta is None:
+        args.delta = 0.1
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``guardrail eval``."""
+    _default_rates(args)
     if args.fit_split == args.split:
         raise ConfigError("--fit-split must differ from --split: never fit on the test data")
     if args.fit_share is not None and not args.fit_split:
         raise ConfigError("--fit-share applies to the calibration split: give --fit-split too")
     fit_share = DEFAULT_FIT_SHARE if args.fit_share is None else args.fit_share
-    _check_rates(
+    check_rates(
         ("--target-error", args.target_error), ("--delta", args.delta), ("--fit-share", fit_share)
     )
     if args.samples < 0:
@@ -309,7 +347,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``guardrail calibrate``."""
-    _check_rates(
+    if args.from_store:
+        if args.dataset:
+            raise ConfigError("give --dataset or --from-store, not both")
+        from service.recalibrate import cmd_from_store  # the service's stores
+
+        return cmd_from_store(args)
+    if not args.dataset:
+        raise ConfigError(
+            "give --dataset (a labelled set to fit on) or --from-store (the labels given to "
+            "the service's decisions)"
+        )
+    for option in ("store", "tenant", "model", "holdout_share"):
+        if getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} applies to --from-store only")
+    _default_rates(args)
+    check_rates(
         ("--target-error", args.target_error),
         ("--delta", args.delta),
         ("--hedge-target-error", args.hedge_target_error),

@@ -54,6 +54,30 @@ class Feedback:
 
 
 @dataclass(frozen=True)
+class Labelled:
+    """A recorded decision with the label it carries: the latest feedback that said right or
+    wrong (feedback with ``correct: null`` is a comment, not a label)."""
+
+    record: dict[str, Any]
+    label: Feedback
+
+
+def latest_labels(pairs: Sequence[tuple[dict[str, Any], Feedback]]) -> list[Labelled]:
+    """Each decision once, with its latest right-or-wrong label, oldest decision first."""
+    latest: dict[str, Labelled] = {}
+    for record, feedback in pairs:
+        if feedback.correct is None:
+            continue
+        seen = latest.get(feedback.decision_id)
+        if seen is None or (feedback.at, feedback.feedback_id) >= (
+            seen.label.at,
+            seen.label.feedback_id,
+        ):
+            latest[feedback.decision_id] = Labelled(record, feedback)
+    return sorted(latest.values(), key=lambda item: float(item.record.get("recorded_at") or 0))
+
+
+@dataclass(frozen=True)
 class Bucket:
     """How many decisions of one action one tenant's policy made in one time bucket."""
 
@@ -87,6 +111,11 @@ class DecisionStore(Protocol):
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest records, newest first."""
+        ...
+
+    def labelled(self, since: float = 0.0) -> list[Labelled]:
+        """Every decision made since ``since`` that carries a right-or-wrong label, with its
+        latest such label, oldest first (every tenant: callers keep tenants apart)."""
         ...
 
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:

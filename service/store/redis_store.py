@@ -8,8 +8,9 @@ Keys (all under a prefix, default ``guardrail:``):
 - ``counts:<minute>`` a hash of ``tenant|policy|action`` -> count per minute, and
   ``confidence:<hour>`` a hash of ``tenant|policy|bin`` -> count: the rolling refusal,
   hedge and escalation rates and the confidence distribution, kept ``counter_ttl_days``;
-- ``feedback:<id>`` a list of labels; ``cache:<key>`` cached responses with a TTL;
-  ``rate:<key>:<minute>`` per-minute request counts.
+- ``feedback:<id>`` a hash of labels, and ``labelled`` a sorted set of the decisions that
+  carry a right-or-wrong label (scored by when they were made); ``cache:<key>`` cached
+  responses with a TTL; ``rate:<key>:<minute>`` per-minute request counts.
 
 With ``appendonly yes`` Redis itself persists everything across restarts.
 """
@@ -29,9 +30,11 @@ from service.store.base import (
     ESCALATED,
     Bucket,
     Feedback,
+    Labelled,
     StoreError,
     UnknownDecisionError,
     confidence_bin,
+    latest_labels,
     merge_buckets,
     summary_fields,
 )
@@ -141,20 +144,52 @@ class RedisStore:
         return record
 
     def add_feedback(self, feedback: Feedback) -> None:
-        self.get(feedback.decision_id)
+        record = self.get(feedback.decision_id)
         key = self._key("feedback", feedback.decision_id)
+        made = summary_fields(record)["at"]
         pipe = self._redis.pipeline(transaction=True)
         pipe.hsetnx(key, feedback.feedback_id, json.dumps(feedback.to_dict()))
         pipe.expire(key, self.record_ttl)
+        if feedback.correct is not None:
+            # The index of labelled decisions (by when they were made), trimmed like records.
+            pipe.zadd(self._key("labelled"), {feedback.decision_id: made})
+            pipe.zremrangebyscore(self._key("labelled"), "-inf", self._clock() - self.record_ttl)
         self._call("store feedback", pipe.execute)
 
-    def feedback(self, decision_id: str) -> list[Feedback]:
-        raw = self._call("read feedback", self._redis.hvals, self._key("feedback", decision_id))
+    @staticmethod
+    def _labels(raw: list[str]) -> list[Feedback]:
         labels = sorted((json.loads(item) for item in raw), key=lambda f: (f["at"], f["id"]))
         return [
             Feedback(f["decision_id"], f["correct"], f["label"], f["comment"], f["at"], f["id"])
             for f in labels
         ]
+
+    def feedback(self, decision_id: str) -> list[Feedback]:
+        raw = self._call("read feedback", self._redis.hvals, self._key("feedback", decision_id))
+        return self._labels(raw)
+
+    def labelled(self, since: float = 0.0) -> list[Labelled]:
+        ids = self._call(
+            "read the labelled decisions",
+            self._redis.zrangebyscore,
+            self._key("labelled"),
+            since,
+            "+inf",
+        )
+        if not ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for decision_id in ids:
+            pipe.get(self._key("record", decision_id))
+            pipe.hvals(self._key("feedback", decision_id))
+        results = self._call("read labelled decisions", pipe.execute)
+        pairs: list[tuple[dict[str, Any], Feedback]] = []
+        for raw_record, raw_labels in zip(results[::2], results[1::2], strict=True):
+            if raw_record is None:
+                continue  # expired
+            record = json.loads(raw_record)
+            pairs.extend((record, label) for label in self._labels(raw_labels))
+        return latest_labels(pairs)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         entries = self._call(

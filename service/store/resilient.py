@@ -15,8 +15,10 @@ from service.store.base import (
     CircuitBreaker,
     DecisionStore,
     Feedback,
+    Labelled,
     StoreError,
     UnknownDecisionError,
+    latest_labels,
     merge_buckets,
 )
 from service.store.sqlite import SqliteStore
@@ -162,6 +164,17 @@ class ResilientStore:
             records = []
         merged = sorted(spooled + records, key=lambda r: r.get("recorded_at", 0), reverse=True)
         return merged[:limit]
+
+    def labelled(self, since: float = 0.0) -> list[Labelled]:
+        """The primary's labelled decisions and the spool's (decisions recorded while the
+        primary was down, labelled there); the spool's alone while the primary is down."""
+        try:
+            shared = self._call("read labelled decisions", self.primary.labelled, since)
+        except StoreError:
+            shared = []
+        spooled = self.spool.labelled(since)
+        pairs = [(item.record, item.label) for item in (*shared, *spooled)]
+        return latest_labels(pairs)
 
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
         spooled = self.spool.action_counts(since, bucket_seconds)

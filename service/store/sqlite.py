@@ -15,9 +15,11 @@ from service.store.base import (
     ESCALATED,
     Bucket,
     Feedback,
+    Labelled,
     StoreError,
     UnknownDecisionError,
     confidence_bin,
+    latest_labels,
     merge_buckets,
     summary_fields,
 )
@@ -137,6 +139,20 @@ class SqliteStore:
             "SELECT record FROM decisions ORDER BY at DESC, rowid DESC LIMIT ?", (limit,)
         )
         return [json.loads(row[0]) for row in rows]
+
+    def labelled(self, since: float = 0.0) -> list[Labelled]:
+        rows = self._run(
+            "SELECT d.record, f.decision_id, f.correct, f.label, f.comment, f.at, f.id "
+            "FROM feedback f JOIN decisions d ON d.id = f.decision_id "
+            "WHERE d.at >= ? AND f.correct IS NOT NULL ORDER BY f.at, f.rowid",
+            (since,),
+        )
+        return latest_labels(
+            [
+                (json.loads(record), Feedback(d, bool(c), label, comment, at, fid))
+                for record, d, c, label, comment, at, fid in rows
+            ]
+        )
 
     def action_counts(self, since: float, bucket_seconds: int) -> list[Bucket]:
         rows = self._run(
