@@ -13,11 +13,16 @@ guardrail_overloaded_total                                  refused with 503 (qu
 guardrail_cancelled_total{stage}                            client left while queued | running
 guardrail_store_up                                          1 when the store answers, else 0
 guardrail_store_fallbacks_total                             writes that went to the spool
+guardrail_escalation_budget_share{policy, target}           a budget's max_share, in force now
+guardrail_escalation_budget_per_minute{policy, target}      a budget's per_minute, in force now
+
+The two budget gauges are read from the policies in force at every scrape (so a reload shows
+at once); ``target`` is a target's name, or ``chain`` for the budget of the whole chain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -28,12 +33,66 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+
+from policies import Policy
 
 NO_TENANT = "-"
 """The tenant label of requests made without a tenant."""
 
 STAGES = ("retrieve", "generate", "score", "signals", "total")
 """The request stages timed, as the decision record's ``timings`` name them."""
+
+CHAIN = "chain"
+"""The ``target`` label of a budget on the whole escalation chain."""
+
+
+class BudgetCollector:
+    """The escalation budgets of the policies that ``source`` returns, read at each scrape.
+
+    Budgets are counted per policy name (the ledger's scope), so the gauges are labelled by
+    policy and target, not by tenant.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[Policy]] = tuple
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The two families, without samples (the registry checks names with these)."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per budget limit of every policy in force."""
+        share, per_minute = self._families()
+        seen: set[str] = set()
+        for policy in self.source():
+            if policy.name in seen:
+                continue
+            seen.add(policy.name)
+            escalate = policy.actions.escalate
+            budgets = [(t.name, t.budget) for t in escalate.targets] + [(CHAIN, escalate.budget)]
+            for target, budget in budgets:
+                if budget is not None and budget.max_share is not None:
+                    share.add_metric([policy.name, target], budget.max_share)
+                if budget is not None and budget.per_minute is not None:
+                    per_minute.add_metric([policy.name, target], budget.per_minute)
+        yield share
+        yield per_minute
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "guardrail_escalation_budget_share",
+                "The most escalations a budget allows, as a share of decisions.",
+                labels=["policy", "target"],
+            ),
+            GaugeMetricFamily(
+                "guardrail_escalation_budget_per_minute",
+                "The most escalations a budget allows per minute.",
+                labels=["policy", "target"],
+            ),
+        )
 
 
 class Metrics:
@@ -102,6 +161,13 @@ class Metrics:
             "Store operations that fell back to the local spool since the start.",
             registry=r,
         )
+        self.budgets = BudgetCollector()
+        r.register(self.budgets)
+
+    def follow_policies(self, source: Callable[[], Iterable[Policy]]) -> None:
+        """Report the escalation budgets of the policies ``source`` returns (called at every
+        scrape: give it the policies in force, not a copy)."""
+        self.budgets.source = source
 
     def observe(self, endpoint: str, record: Mapping[str, Any]) -> None:
         """Count one served decision record."""

@@ -65,8 +65,13 @@ class ServiceState:
         return self._guard
 
     def set_ready(self, guard: Guardrail) -> None:
-        """Serve ``guard`` from now on."""
+        """Serve ``guard`` from now on, and report the budgets of its policies in force."""
         self._guard = guard
+        if self.answerer is not None:
+            # Read at each scrape: a reload swaps ``policies.current`` and shows at once.
+            self.answerer.metrics.follow_policies(
+                lambda: guard.policies.current.policies.all().values()
+            )
 
     def build_in_background(self) -> threading.Thread:
         """Start building the pipeline from the settings in a daemon thread."""

@@ -67,7 +67,14 @@ def settings_from(env: dict[str, str]) -> ServiceSettings:
 
 
 def test_services_are_present(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"guardrail", "proxy", "redis", "model"}
+    assert set(compose["services"]) == {
+        "guardrail",
+        "proxy",
+        "redis",
+        "model",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_two_replicas_behind_the_proxy(
