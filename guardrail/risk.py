@@ -28,7 +28,7 @@ the result is infeasible and the policy must defer everything rather than preten
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -55,6 +55,33 @@ def _binom_cdf(k: int, n: int, p: float) -> float:
     ]
     top = max(logs)
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a rate after ``k`` events in ``n`` trials:
+    ``(lower, upper)``, each side missing the true rate with probability at most
+    ``(1 - confidence) / 2``; ``(0, 1)`` when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be between 0 and n={n}, got {k}")
+    tail = (1 - confidence) / 2
+
+    def solve(f: Callable[[float], float]) -> float:
+        """The p in [0, 1] where the decreasing ``f(p)`` crosses ``tail`` (bisection)."""
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if f(mid) > tail:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    # Upper: P(Binom(n, p) <= k) = tail; lower: P(Binom(n, p) >= k) = tail.
+    upper = 1.0 if k == n else solve(lambda p: _binom_cdf(k, n, p))
+    lower = 0.0 if k == 0 else 1.0 - solve(lambda q: _binom_cdf(n - k, n, q))
+    return lower, upper
 
 
 def binomial_pvalue(errors: int, n: int, alpha: float) -> float:

@@ -34,7 +34,7 @@ from guardrail.calibration import ABSTAINED, CALIBRATORS, MIN_BRANCH_SIZE, Logis
 from guardrail.errors import GuardrailError
 from guardrail.evaluation.metrics import auroc
 from guardrail.risk import RiskControl, control_risk, min_answered, realised
-from service.store.base import DecisionStore, Labelled, normalize_question
+from service.store.base import DecisionStore, Labelled, normalize_question, policy_answered
 
 DEFAULT_HOLDOUT_SHARE = 0.2
 """The share of the questions held back to compare before and after."""
@@ -91,7 +91,7 @@ def example(item: Labelled) -> Example:
         abstained="model_abstained" in (record.get("flags") or ()),
         correct=bool(item.label.correct),
         confidence=float(record.get("confidence") or 0.0),
-        answered=(record.get("policy_action") or record.get("action")) == "answer",
+        answered=policy_answered(record),
         model=str(record.get("model") or ""),
     )
 

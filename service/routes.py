@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from guardrail.policy_runtime import RELOAD_ERRORS, Loaded
-from service.dashboard import dashboard_data, page
+from service.dashboard import dashboard_data, page, policy_targets
 from service.deps import AdminDep, AnswererDep, CallerDep, DashboardDep, GuardDep, StateDep
 from service.errors import ApiError, error_body
 from service.metrics import Metrics
@@ -238,11 +238,17 @@ async def dashboard_page() -> HTMLResponse:
 @router.get("/v1/dashboard/data", dependencies=[DashboardDep], responses={401: _ERROR, 403: _ERROR})
 async def dashboard_numbers(
     answerer: AnswererDep,
+    state: StateDep,
     hours: Annotated[float, Query(gt=0, le=24 * 31)] = 24.0,
     bucket_seconds: Annotated[int, Query(ge=60, le=86400)] = 3600,
     latest: Annotated[int, Query(ge=1, le=500)] = 50,
+    label_days: Annotated[float, Query(gt=0, le=90)] = 7.0,
 ) -> dict[str, Any]:
-    """Rates per tenant and policy over time, the confidence histogram, the latest decisions."""
+    """Rates per tenant and policy over time with their drift marks, the confidence
+    histogram, labels and the measured error against each policy's target, the latest
+    decisions."""
+    guard = state.guard
+    in_force = guard.policies.current.policies.all().values() if guard is not None else ()
     try:
         return await run_in_threadpool(
             dashboard_data,
@@ -250,6 +256,9 @@ async def dashboard_numbers(
             hours=hours,
             bucket_seconds=bucket_seconds,
             latest=latest,
+            drift=answerer.settings.drift,
+            targets=policy_targets(in_force),
+            label_days=label_days,
         )
     except StoreError as exc:
         raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None

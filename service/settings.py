@@ -12,10 +12,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from guardrail.config import GuardrailConfig
+
+
+class DriftSettings(BaseModel):
+    """When the dashboard marks a drift: the same defaults as the alert rules of
+    ``deploy/prometheus/rules.yml``, which hold them in their expressions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recent_hours: float = Field(default=1.0, gt=0)
+    """The recent window."""
+    reference_hours: float = Field(default=24.0, gt=0)
+    """The reference window (it includes the recent one, as ``rate(...[1d])`` does)."""
+    share_change: float = Field(default=0.15, gt=0, le=1)
+    """A refusal, hedge or escalation share that moves by more than this is a drift."""
+    confidence_drop: float = Field(default=0.1, gt=0, le=1)
+    """A mean confidence that falls by more than this is a drift."""
+    min_decisions: int = Field(default=30, ge=1)
+    """Fewer decisions in the recent window mark nothing (too few to tell)."""
+
+    @model_validator(mode="after")
+    def _windows(self) -> DriftSettings:
+        if self.reference_hours <= self.recent_hours:
+            raise ValueError(
+                f"drift reference_hours ({self.reference_hours:g}) must be longer than "
+                f"recent_hours ({self.recent_hours:g})"
+            )
+        return self
 
 
 class ServiceSettings(GuardrailConfig):
@@ -59,6 +86,9 @@ class ServiceSettings(GuardrailConfig):
     """``embedded``: the local model answers; ``proxy``: the OpenAI-compatible server at
     ``upstream_url`` answers and guardrail decides; ``model``: serve the local model itself as
     an OpenAI-compatible model server (no retrieval, no policy)."""
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    """When the dashboard marks a drift (JSON in ``GUARDRAIL_DRIFT``, e.g.
+    ``{"share_change": 0.2}``; the keys not given keep their defaults)."""
     served_model: str = "guardrail"
     """The model name clients give to /v1/chat/completions (``model``)."""
 

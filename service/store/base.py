@@ -225,6 +225,12 @@ def summary_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def policy_answered(record: Mapping[str, Any]) -> bool:
+    """Whether the policy answered (``policy_action``: in shadow mode what it would have
+    done; hedges do not count): the decisions an error target speaks about."""
+    return (record.get("policy_action") or record.get("action")) == "answer"
+
+
 ESCALATED = "escalated"
 """The pseudo-action that :meth:`DecisionStore.action_counts` also counts: decisions that went
 to escalation, whatever their final action (answered by a target, or fallen back)."""
