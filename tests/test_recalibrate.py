@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from fakes import ScriptedBackend, peaked
+from redis_server import RedisServer
 from test_service import serve, settings
 
 from guardrail.calibration import load_calibrator
@@ -34,7 +35,7 @@ from service.recalibrate import (
     recalibrate,
     select,
 )
-from service.store import Feedback, SqliteStore
+from service.store import Feedback, RedisStore, SqliteStore
 from service.store.base import DecisionStore, Labelled
 
 T0 = 1_800_000_000.0
@@ -282,6 +283,36 @@ def test_the_command_writes_a_policy_a_tenant_extends(
     assert policies.policy_for(None).calibration is None  # the base policy is untouched
     _, error = true_error(policy_folder / "calibrated" / "acme.calibrator.json", threshold)
     assert error <= 0.1
+
+
+def test_the_command_reads_a_redis_store(
+    tmp_path: Path, policy_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisStore(server.url)  # the service's default key prefix
+        fill(store, ACME + OTHER)
+        store.close()
+        code, out, err = run(
+            capsys, "calibrate", "--from-store", "--store", server.url, "--tenant", "other",
+            "--policy", str(policy_folder / "bot.yaml"), "--out", str(tmp_path / "other"),
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert code == 0, err
+    assert "tenant 'other': 1000 labelled decisions" in out
+    assert f"in {server.url}" in (tmp_path / "other.yaml").read_text(encoding="utf-8")
+    # The same labels through SQLite give the same calibration: one method, two stores.
+    sqlite = SqliteStore(tmp_path / "d.sqlite")
+    fill(sqlite, OTHER)
+    expected = recalibrate(
+        select(sqlite.labelled(), "other", None),
+        target_error=0.1,
+        hedge_target_error=None,
+        delta=0.1,
+    )
+    sqlite.close()
+    assert f"answer when confidence >= {expected.answer.threshold:.4f}" in out
 
 
 def test_the_command_refuses_too_few_labels_and_bad_options(
