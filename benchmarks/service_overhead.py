@@ -5,9 +5,12 @@ admission gate and the metrics included.
 The server runs in a process of its own (``serve``), with the scripted model of the test
 suite (``tests/fakes.py``: a real ``GeneratorBackend`` whose next-token table answers
 "Paris" in microseconds) behind the real app, the bundled ``balanced`` policy, the verifier,
-a SQLite store and a rate limit high enough never to refuse (it is still counted). The
-client (this process) sends N questions with one passage, one at a time, after the median
-of ``GET /healthz`` (the HTTP round trip of a trivial route) is measured.
+a SQLite store and a rate limit high enough never to refuse (it is still counted). Two such
+servers run side by side: one on uvicorn's pure-Python stack (h11 and asyncio's event
+loop), one on what uvicorn picks when ``uvicorn[standard]`` is installed (httptools and
+uvloop). The client (this process) sends N questions with one passage to each, alternating,
+one at a time, after the median of ``GET /healthz`` (the HTTP round trip of a trivial route)
+is measured on each.
 
     python benchmarks/service_overhead.py [--n 500] [--out FILE.json]
 
@@ -36,7 +39,7 @@ QUESTION = "What is the capital of France?"
 PASSAGE = {"id": "paris", "text": "Paris is the capital and largest city of France."}
 
 
-def serve(port: int, folder: Path) -> None:
+def serve(port: int, folder: Path, stack: str) -> None:
     """The app over the scripted model, served by uvicorn until SIGTERM."""
     sys.path.insert(0, str(ROOT / "tests"))
     import uvicorn
@@ -54,7 +57,9 @@ def serve(port: int, folder: Path) -> None:
     settings = ServiceSettings(
         cache_dir=folder / "cache", rate_limit_per_minute=1_000_000, port=port
     )
-    uvicorn.run(create_app(settings, guard=guard), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings, guard=guard)
+    options = {"http": "h11", "loop": "asyncio"} if stack == "python" else {}
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **options)  # type: ignore[arg-type]
 
 
 def free_port() -> int:
@@ -63,70 +68,103 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+STACKS = ("python", "standard")
+
+
+def start(stack: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--folder", str(folder / stack),
+         "--stack", stack],
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the {stack} server did not start")
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--n", type=int, default=500, help="questions to each server")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/service_overhead_scripted.json")
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stack", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.folder)
+        serve(args.serve, args.folder, args.stack)
         return
-    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="guardrail-overhead-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--folder", str(folder)], env=env
-    )
-    base = f"http://127.0.0.1:{port}"
+    servers = {stack: start(stack, folder) for stack in STACKS}
+    body = {"question": QUESTION, "passages": [PASSAGE]}
+    floors: dict[str, list[float]] = {stack: [] for stack in STACKS}
+    walls: dict[str, list[float]] = {stack: [] for stack in STACKS}
+    overheads: dict[str, list[float]] = {stack: [] for stack in STACKS}
+    clients = {stack: httpx.Client(base_url=servers[stack][1], timeout=60) for stack in STACKS}
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.5)
-        with httpx.Client(base_url=base, timeout=60) as http:
-            body = {"question": QUESTION, "passages": [PASSAGE]}
-            for _ in range(20):  # warm-up: the verifier's first encodings, lazy imports
-                http.post("/v1/answer", json=body).raise_for_status()
-            floors, walls, pipelines = [], [], []
-            for _ in range(200):
-                start = time.perf_counter()
-                http.get("/healthz")
-                floors.append(time.perf_counter() - start)
-            for _ in range(args.n):
-                start = time.perf_counter()
-                response = http.post("/v1/answer", json=body)
-                walls.append(time.perf_counter() - start)
+        for stack in STACKS:  # warm-up: the verifier's first encodings, lazy imports
+            for _ in range(20):
+                clients[stack].post("/v1/answer", json=body).raise_for_status()
+        for _ in range(200):
+            for stack in STACKS:
+                start_at = time.perf_counter()
+                clients[stack].get("/healthz")
+                floors[stack].append(time.perf_counter() - start_at)
+        for _ in range(args.n):
+            for stack in STACKS:  # alternating: both see the same machine at the same time
+                start_at = time.perf_counter()
+                response = clients[stack].post("/v1/answer", json=body)
+                wall = time.perf_counter() - start_at
                 response.raise_for_status()
-                pipelines.append(float(response.json()["timings"]["total"]))
+                walls[stack].append(wall)
+                overheads[stack].append(wall - float(response.json()["timings"]["total"]))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    overhead = [w - p for w, p in zip(walls, pipelines, strict=True)]
-    floor = statistics.median(floors)
+        for client in clients.values():
+            client.close()
+        for server, _ in servers.values():
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+
+    def ms(values: list[float]) -> float:
+        return round(1000 * statistics.median(values), 2)
+
+    arms = {
+        stack: {
+            "http_floor_ms_median": ms(floors[stack]),
+            "wall_ms_median": ms(walls[stack]),
+            "overhead_ms_median": ms(overheads[stack]),
+            "overhead_minus_floor_ms_median": round(ms(overheads[stack]) - ms(floors[stack]), 2),
+        }
+        for stack in STACKS
+    }
     result = {
         "setting": (
-            "the real app in its own process (uvicorn, SQLite store, rate limit counted, "
-            "balanced policy, the shipped verifier) over the scripted test model; one client, "
-            f"{args.n} POST /v1/answer with one passage, one at a time, after 20 warm-up "
-            "requests"
+            "the real app in its own process (SQLite store, rate limit counted, balanced "
+            "policy, the shipped verifier) over the scripted test model; one client, "
+            f"{args.n} POST /v1/answer with one passage to each server, alternating, one at "
+            "a time, after 20 warm-up requests each; overhead = wall minus timings.total"
         ),
+        "stacks": {
+            "python": "uvicorn with h11 and asyncio's event loop",
+            "standard": "uvicorn[standard]: httptools and uvloop",
+        },
         "cpus": os.cpu_count(),
-        "requests": args.n,
-        "http_floor_ms_median": round(1000 * floor, 2),
-        "wall_ms_median": round(1000 * statistics.median(walls), 2),
-        "pipeline_ms_median": round(1000 * statistics.median(pipelines), 2),
-        "overhead_ms_median": round(1000 * statistics.median(overhead), 2),
-        "overhead_minus_floor_ms_median": round(1000 * (statistics.median(overhead) - floor), 2),
+        "requests_per_server": args.n,
+        "arms": arms,
+        "overhead_ratio_standard_to_python": round(
+            arms["standard"]["overhead_ms_median"] / arms["python"]["overhead_ms_median"], 2
+        ),
     }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

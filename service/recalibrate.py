@@ -393,6 +393,13 @@ def summary(result: Recalibration, policy_name: str) -> list[str]:
         f"  after: recalibrated, target {result.answer.target_error:g}".ljust(45)
         + f"{num(c.after_auroc):>6}  {pct(c.after_coverage):>8}  {pct(c.after_error):>20}",
     ]
+    if c.after_auroc < c.before_auroc:  # False when either is NaN
+        lines.append(
+            f"warning: on the held-back labels the recalibrated confidence ranks right and wrong "
+            f"responses worse than the policy in force (AUROC {c.after_auroc:.3f} < "
+            f"{c.before_auroc:.3f}); with {len(result.fit)} decisions to fit on it may not "
+            "have learnt enough: keep the policy in force and label more decisions"
+        )
     return lines
 
 

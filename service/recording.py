@@ -149,7 +149,10 @@ class Answerer:
         if not limit:
             return
         try:
-            limited = await run_in_threadpool(self.store.hit_rate_limit, caller.key_id, limit)
+            if self.store.rate_limit_in_memory:  # no I/O: a thread hop would cost more
+                limited = self.store.hit_rate_limit(caller.key_id, limit)
+            else:
+                limited = await run_in_threadpool(self.store.hit_rate_limit, caller.key_id, limit)
         except StoreError as exc:
             self._store_failed(exc)
             return

@@ -34,6 +34,7 @@ from service.recalibrate import (
     needs,
     recalibrate,
     select,
+    summary,
 )
 from service.store import Feedback, RedisStore, SqliteStore
 from service.store.base import DecisionStore, Labelled
@@ -192,6 +193,20 @@ def test_a_tenant_without_labels_is_told_which_tenants_have_them() -> None:
         select(as_labelled(ACME + OTHER), None, None)
 
 
+def test_a_recalibration_that_ranks_worse_than_the_policy_in_force_says_so() -> None:
+    # The recorded confidence is the true chance itself: nothing learnt can rank better.
+    informed = [
+        Labelled({**d.record, "confidence": d.chance}, Feedback(d.record["id"], d.correct))
+        for d in ACME
+    ]
+    result = recalibrate(
+        select(informed, "acme", None), target_error=0.1, hedge_target_error=None, delta=0.1
+    )
+    assert result.comparison.after_auroc < result.comparison.before_auroc
+    (warning,) = [line for line in summary(result, "bot.acme") if line.startswith("warning")]
+    assert "worse than the policy in force" in warning and "label more decisions" in warning
+
+
 def test_too_few_labels_are_refused_with_how_many_are_needed_and_why() -> None:
     need = needs(0.1, 0.1, fit_share=0.5, holdout_share=0.2)
     assert need.certify == 22  # (1 - 0.1)^22 <= 0.1 < (1 - 0.1)^21
@@ -265,6 +280,7 @@ def test_the_command_writes_a_policy_a_tenant_extends(
     assert "tenant 'acme': 1000 labelled decisions of model gemma-3-270m-it" in out
     assert "before: bot.acme as recorded" in out and "after: recalibrated, target 0.1" in out
     assert "extends" in out and "/v1/policies/reload" in out
+    assert "warning" not in out  # the learnt confidence ranks better than the recorded one
     written = policy_folder / "calibrated" / "acme.yaml"
     assert "Written by `guardrail calibrate --from-store`" in written.read_text(encoding="utf-8")
 

@@ -92,6 +92,9 @@ class DecisionStore(Protocol):
     """Where decisions, feedback, cached responses and rate-limit counts live."""
 
     kind: str
+    rate_limit_in_memory: bool
+    """``hit_rate_limit`` only touches this process's memory (cheap enough to call from the
+    event loop); otherwise it may wait on the network or the disk."""
 
     def record(self, record: Mapping[str, Any]) -> str:
         """Keep one decision record (it must have a string ``id``); return the id."""

@@ -66,6 +66,8 @@ class RedisStore:
     """Decisions, counters, feedback, the response cache and rate limits in Redis."""
 
     kind = "redis"
+    rate_limit_in_memory = False
+    """Counted in Redis, shared by every replica (a network call)."""
 
     def __init__(
         self,

@@ -37,6 +37,9 @@ class ResilientStore:
     each pay its timeouts: meanwhile everything goes straight to the spool.
     """
 
+    rate_limit_in_memory = False
+    """Counted by the primary (Redis, shared); by the spool's memory while it is down."""
+
     def __init__(
         self,
         primary: DecisionStore,

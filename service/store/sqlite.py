@@ -50,12 +50,6 @@ CREATE TABLE IF NOT EXISTS response_cache (
     expires REAL NOT NULL,
     record TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rate_limits (
-    key TEXT NOT NULL,
-    minute INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (key, minute)
-);
 """
 
 
@@ -63,11 +57,17 @@ class SqliteStore:
     """Decisions and everything else in one SQLite file; safe to share between threads."""
 
     kind = "sqlite"
+    rate_limit_in_memory = True
+    """The per-minute request counts live in this process's memory, not in the file: a
+    SQLite store serves one process, and a count costs no disk write and no thread hop."""
 
     def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._rate_lock = threading.Lock()
+        self._rate_minute = -1
+        self._rate_counts: dict[str, int] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -197,14 +197,16 @@ class SqliteStore:
         )
 
     def hit_rate_limit(self, key: str, per_minute: int) -> bool:
+        """Counted in memory (see ``rate_limit_in_memory``): exact for the one process that
+        serves from this file, no disk write per request, forgotten on a restart."""
         minute = int(self._clock() // 60)
-        self._run("DELETE FROM rate_limits WHERE minute < ?", (minute - 1,))
-        rows = self._run(
-            "INSERT INTO rate_limits VALUES (?, ?, 1) ON CONFLICT (key, minute) "
-            "DO UPDATE SET count = count + 1 RETURNING count",
-            (key, minute),
-        )
-        return int(rows[0][0]) > per_minute
+        with self._rate_lock:
+            if minute != self._rate_minute:
+                self._rate_counts = {}
+                self._rate_minute = minute
+            count = self._rate_counts.get(key, 0) + 1
+            self._rate_counts[key] = count
+        return count > per_minute
 
     def ping(self) -> None:
         self._run("SELECT 1")
