@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--targets", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/recalibrate_from_store.json")
+        "--out", type=Path, default=Path("benchmarks/results/recalibrate_from_store_n800.json")
     )
     args = parser.parse_args()
     items, setting = load_items("squad2", "gold", args.data_dir)
