@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from guardrail.calibration import ABSTAINED, CALIBRATORS, MIN_BRANCH_SIZE, LogisticCalibrator
 from guardrail.errors import GuardrailError
+from guardrail.evaluation.calibrate import hedge_target_for
 from guardrail.evaluation.metrics import auroc
 from guardrail.risk import RiskControl, control_risk, min_answered, realised
 from service.store.base import DecisionStore, Labelled, normalize_question, policy_answered
@@ -160,8 +159,7 @@ class Needs:
     """How many labelled decisions the model answered a recalibration needs, and why."""
 
     certify: int
-    fit: int
-    held_back: int
+    """Answers the certifying part needs at least."""
     total: int
     why: str
 
@@ -186,7 +184,7 @@ def needs(target_error: float, delta: float, *, fit_share: float, holdout_share:
         f"branch with fewer than {MIN_BRANCH_SIZE} examples predicts its base rate) and the "
         f"held-back part ({holdout_share:.0%}) {MIN_HELD_BACK} to compare before and after"
     )
-    return Needs(certify, fit, MIN_HELD_BACK, total, why)
+    return Needs(certify, total, why)
 
 
 def split(
@@ -230,24 +228,17 @@ class Recalibration:
     certify: list[Example]
     held_back: list[Example]
     comparison: Comparison
+    certify_scores: list[float]
+    """The calibrator's confidence on each decision of the certifying part."""
 
     def certification(self) -> tuple[list[float], list[bool], list[bool]]:
         """The certifying part's scores, answer correctness and eligibility (for the policy
         file, whose loader certifies its risk target from them)."""
-        scores = self.calibrator.predict_proba([e.observation for e in self.certify])
         return (
-            [float(s) for s in scores],
+            self.certify_scores,
             [e.answer_correct for e in self.certify],
             [not e.abstained for e in self.certify],
         )
-
-
-def _error_among_answered(examples: Sequence[Example], answered: np.ndarray) -> float:
-    n = int(answered.sum())
-    if not n:
-        return 0.0
-    wrong = np.array([not e.answer_correct for e in examples])
-    return float((answered & wrong).sum() / n)
 
 
 def compare(
@@ -256,20 +247,19 @@ def compare(
     """AUROC, coverage and error among answered on ``held_back``: before (the confidence and
     the action recorded by the policy in force) and after (the recalibrated confidence at
     its certified threshold)."""
-    outcome = np.array([e.correct for e in held_back])
-    before_answered = np.array([e.answered for e in held_back])
+    outcome = [e.correct for e in held_back]
+    right = [e.answer_correct for e in held_back]
     probs = calibrator.predict_proba([e.observation for e in held_back])
     coverage, error, _ = realised(
-        probs,
-        [e.answer_correct for e in held_back],
-        threshold,
-        eligible=[not e.abstained for e in held_back],
+        probs, right, threshold, eligible=[not e.abstained for e in held_back]
     )
+    # Before: what the policy in force did, as "answered when 1 >= 1".
+    before_coverage, before_error, _ = realised([float(e.answered) for e in held_back], right, 1.0)
     return Comparison(
         n=len(held_back),
         before_auroc=auroc([e.confidence for e in held_back], outcome),
-        before_coverage=float(before_answered.mean()) if len(held_back) else 0.0,
-        before_error=_error_among_answered(held_back, before_answered),
+        before_coverage=before_coverage,
+        before_error=before_error,
         after_auroc=auroc(probs, outcome),
         after_coverage=coverage,
         after_error=error,
@@ -349,12 +339,20 @@ def recalibrate(
         )
 
     answer = certified(target_error)
-    hedge_target = (
-        hedge_target_error if hedge_target_error is not None else min(2 * target_error, 0.5)
-    )
+    hedge_target = hedge_target_for(target_error, hedge_target_error)
     hedge = certified(hedge_target) if hedge_target > target_error else None
     comparison = compare(calibrator, answer.threshold, held_back)
-    return Recalibration(selection, calibrator, answer, hedge, fit, certify, held_back, comparison)
+    return Recalibration(
+        selection,
+        calibrator,
+        answer,
+        hedge,
+        fit,
+        certify,
+        held_back,
+        comparison,
+        [float(p) for p in probs],
+    )
 
 
 def fitted_on(result: Recalibration, store: str, seed: int) -> str:

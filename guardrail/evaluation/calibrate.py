@@ -158,6 +158,12 @@ def fit_and_certify(
     return CertifiedCalibrators(calibrators, risks, sweep, fit_records, certify_records)
 
 
+def hedge_target_for(target_error: float, given: float | None) -> float:
+    """The hedge band's error target: ``given``, else twice the answer target, capped at
+    0.5. One not above the answer target means no hedge band."""
+    return given if given is not None else min(2 * target_error, 0.5)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A calibrator and its certified thresholds: what a calibrated policy is made of."""
@@ -191,9 +197,7 @@ def calibrate(
     answer = risk_controls(
         calibrator, certify_records, target_error=target_error, delta=delta, method=method
     )
-    hedge_target = hedge_target_error
-    if hedge_target is None:
-        hedge_target = min(2 * target_error, 0.5)
+    hedge_target = hedge_target_for(target_error, hedge_target_error)
     hedge = (
         risk_controls(
             calibrator, certify_records, target_error=hedge_target, delta=delta, method=method
