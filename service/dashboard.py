@@ -22,7 +22,7 @@ from typing import Any
 from guardrail.risk import binomial_interval
 from policies import Policy
 from service.settings import DriftSettings
-from service.store import CONFIDENCE_BINS, DecisionStore, Labelled
+from service.store import CONFIDENCE_BINS, Bucket, DecisionStore, Labelled
 from service.store.base import ESCALATED, policy_answered
 
 ACTIONS = ("answer", "hedge", "defer")
@@ -61,18 +61,24 @@ def _rates(counts: dict[str, int]) -> dict[str, Any]:
 Key = tuple[str | None, str]
 
 
-def _window(store: DecisionStore, since: float) -> dict[Key, dict[str, Any]]:
-    """Per tenant and policy: the rates since ``since`` and the mean confidence (from the
-    histogram's bin midpoints, so within half a bin: 0.05)."""
+def _window(
+    buckets: Iterable[Bucket], histogram: Mapping[Key, list[int]]
+) -> dict[Key, dict[str, Any]]:
+    """Per tenant and policy: the rates of ``buckets`` and the mean confidence of
+    ``histogram`` (from the bins' midpoints, so within half a bin: 0.05)."""
     counts: dict[Key, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for bucket in store.action_counts(since, 3600):
+    for bucket in buckets:
         counts[(bucket.tenant, bucket.policy)][bucket.action] += bucket.count
     out = {key: _rates(c) for key, c in counts.items()}
-    for key, bins in store.confidence_histogram(since).items():
+    for key, bins in histogram.items():
         n = sum(bins)
         mean = sum((i + 0.5) / len(bins) * c for i, c in enumerate(bins)) / n if n else None
         out.setdefault(key, _rates({}))["confidence_mean"] = mean
     return out
+
+
+def _read_window(store: DecisionStore, since: float) -> dict[Key, dict[str, Any]]:
+    return _window(store.action_counts(since, 3600), store.confidence_histogram(since))
 
 
 DRIFT_MEASURES = ("refusal_rate", "hedge_rate", "escalation_rate")
@@ -120,10 +126,9 @@ def labels(
     """Per tenant and policy since ``since``: decisions, labelled decisions, labelled answers
     (the policy answered: ``policy_action``, so shadow mode counts what it would have done),
     the wrong ones, the measured error with its exact 95% interval, the policy's target."""
-    decisions: dict[Key, int] = defaultdict(int)
-    for bucket in store.action_counts(since, 3600):
-        if bucket.action in ACTIONS:
-            decisions[(bucket.tenant, bucket.policy)] += bucket.count
+    # Every decision is in the confidence histogram once: hourly counters in Redis, where the
+    # action counts are kept per minute (a week of those would be 10,080 reads a refresh).
+    decisions = {key: sum(bins) for key, bins in store.confidence_histogram(since).items()}
     groups: dict[Key, list[Labelled]] = defaultdict(list)
     for item in store.labelled(since):
         groups[(item.record.get("tenant"), str(item.record.get("policy_name", "")))].append(item)
@@ -171,12 +176,18 @@ def dashboard_data(
         lambda: defaultdict(dict)
     )
     overall: dict[str, int] = defaultdict(int)
-    for bucket in store.action_counts(since, bucket_seconds):
+    window = store.action_counts(since, bucket_seconds)
+    for bucket in window:
         cell = per_series[(bucket.tenant, bucket.policy)][bucket.start]
         cell[bucket.action] = cell.get(bucket.action, 0) + bucket.count
         overall[bucket.action] += bucket.count
-    recent = _window(store, now - drift.recent_hours * 3600)
-    reference = _window(store, now - drift.reference_hours * 3600)
+    confidence = store.confidence_histogram(since)
+    recent = _read_window(store, now - drift.recent_hours * 3600)
+    reference = (
+        _window(window, confidence)  # the page's own window (the default): read once
+        if drift.reference_hours == hours
+        else _read_window(store, now - drift.reference_hours * 3600)
+    )
     series = []
     for (tenant, policy), buckets in sorted(
         per_series.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
@@ -199,7 +210,7 @@ def dashboard_data(
     histogram = [
         {"tenant": tenant, "policy": policy, "bins": bins}
         for (tenant, policy), bins in sorted(
-            store.confidence_histogram(since).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+            confidence.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
         )
     ]
     records = [{key: record.get(key) for key in LATEST_FIELDS} for record in store.recent(latest)]
