@@ -21,11 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serving import free_port, guardrail_command, start, stop
 
 QUESTIONS = [
     "When did the 1973 oil crisis begin?",
@@ -60,12 +57,6 @@ QUESTIONS = [
     "When was the Scottish Parliament reconvened?",
     "Which element has the symbol O?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -166,36 +157,14 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     work = Path(tempfile.mkdtemp(prefix="guardrail-load-"))
     env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
         "GUARDRAIL_STORE_PATH": str(work / "decisions.sqlite"),
         "GUARDRAIL_RATE_LIMIT_PER_MINUTE": "0",
         # Room for every client to wait: the levels measure queueing, not refusals.
         "GUARDRAIL_MAX_QUEUED_QUESTIONS": str(max(args.clients) + 1),
     }
-    exe = Path(sys.executable).with_name("guardrail")
-    log = (work / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), *args.serve_args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = guardrail_command("serve", "--port", str(port), *args.serve_args)
+    server = start(command, base=base, env=env, log=work / "server.log")
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"the server stopped; see {work / 'server.log'}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server was not ready within 900 s")
-            time.sleep(1)
         rss_ready = rss_mib(server.pid)
         floor = http_floor_ms(base)
         # One question first: lazy parts (the verifier, the first prefix cache) warm up.
@@ -229,12 +198,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop(server)
 
 
 if __name__ == "__main__":

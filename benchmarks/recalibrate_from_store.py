@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from serving import free_port, guardrail_command, start, stop
 from tqdm import tqdm
 
 from guardrail.evaluation.datasets import load_items, split_items
@@ -35,47 +32,6 @@ from service.store import SqliteStore
 
 KEY = "sk-bench"
 TENANT = "bench"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(work: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "GUARDRAIL_STORE_PATH": str(work / "decisions.sqlite"),
-        "GUARDRAIL_RATE_LIMIT_PER_MINUTE": "0",
-        "GUARDRAIL_API_KEYS": json.dumps({KEY: TENANT}),
-        "GUARDRAIL_ESCALATION_TARGETS": "{}",
-    }
-    exe = Path(sys.executable).with_name("guardrail")
-    log = (work / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--policy", "balanced"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 900
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"the server stopped; see {work / 'server.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the server was not ready within 900 s")
-        time.sleep(1)
 
 
 def main() -> None:
@@ -95,7 +51,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="guardrail-recalibrate-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start(work, port)
+    env = {
+        "GUARDRAIL_STORE_PATH": str(work / "decisions.sqlite"),
+        "GUARDRAIL_RATE_LIMIT_PER_MINUTE": "0",
+        "GUARDRAIL_API_KEYS": json.dumps({KEY: TENANT}),
+        "GUARDRAIL_ESCALATION_TARGETS": "{}",
+    }
+    command = guardrail_command("serve", "--port", str(port), "--policy", "balanced")
+    server = start(command, base=base, env=env, log=work / "server.log")
     headers = {"Authorization": f"Bearer {KEY}"}
     labels: list[dict[str, Any]] = []
     actions: dict[str, int] = {}
@@ -124,17 +87,12 @@ def main() -> None:
                 batch.raise_for_status()
                 assert batch.json()["refused"] == 0, batch.text
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     store = SqliteStore(work / "decisions.sqlite")
     selection = select(store.labelled(), TENANT, None)
     store.close()
     command = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("guardrail")),
+        guardrail_command(
             "calibrate",
             "--from-store",
             "--store",
@@ -145,7 +103,7 @@ def main() -> None:
             "balanced",
             "--out",
             str(work / "bench"),
-        ],
+        ),
         capture_output=True,
         text=True,
         check=False,

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+from serving import free_port, start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the capital of France?"
@@ -62,34 +61,15 @@ def serve(port: int, folder: Path, stack: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **options)  # type: ignore[arg-type]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 STACKS = ("python", "standard")
 
 
-def start(stack: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve_stack(stack: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A server on ``stack`` in its own process, ready."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--folder", str(folder / stack),
-         "--stack", stack],
-        env=env,
-    )  # fmt: skip
+    command = [sys.executable, __file__, "--serve", str(port), "--folder", str(folder / stack)]
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the {stack} server did not start")
-        time.sleep(0.5)
+    return start([*command, "--stack", stack], base=base, env={}, timeout=300), base
 
 
 def main() -> None:
@@ -106,7 +86,7 @@ def main() -> None:
         serve(args.serve, args.folder, args.stack)
         return
     folder = Path(tempfile.mkdtemp(prefix="guardrail-overhead-"))
-    servers = {stack: start(stack, folder) for stack in STACKS}
+    servers = {stack: serve_stack(stack, folder) for stack in STACKS}
     body = {"question": QUESTION, "passages": [PASSAGE]}
     floors: dict[str, list[float]] = {stack: [] for stack in STACKS}
     walls: dict[str, list[float]] = {stack: [] for stack in STACKS}
@@ -133,8 +113,7 @@ def main() -> None:
         for client in clients.values():
             client.close()
         for server, _ in servers.values():
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            stop(server)
 
     def ms(values: list[float]) -> float:
         return round(1000 * statistics.median(values), 2)
