@@ -14,6 +14,10 @@ is measured on each.
 
     python benchmarks/service_overhead.py [--n 500] [--out FILE.json]
 
+``--baseline DIR`` compares two versions of the code instead of two stacks: DIR is a checkout
+of an earlier commit (``git worktree add /tmp/before HEAD~1``), served on the standard stack
+beside this checkout's service, alternating the same way.
+
 To see where the time goes: ``py-spy record --subprocesses -o profile.svg -- python
 benchmarks/service_overhead.py --out /tmp/o.json`` (the server is the subprocess).
 """
@@ -62,19 +66,35 @@ def serve(port: int, folder: Path, stack: str) -> None:
 
 
 STACKS = ("python", "standard")
+STACK_NAMES = {
+    "python": "uvicorn with h11 and asyncio's event loop",
+    "standard": "uvicorn[standard]: httptools and uvloop",
+}
 
 
-def serve_stack(stack: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A server on ``stack`` in its own process, ready."""
+def serve_arm(
+    folder: Path, stack: str, checkout: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A server on ``stack`` in its own process, ready; with ``checkout``, that checkout's
+    code (an earlier commit's worktree) is imported instead of this one's."""
     port = free_port()
-    command = [sys.executable, __file__, "--serve", str(port), "--folder", str(folder / stack)]
+    script = (checkout / "benchmarks" / Path(__file__).name) if checkout else Path(__file__)
+    env = {"PYTHONPATH": str(checkout)} if checkout else {}
+    sub = folder / (f"baseline-{stack}" if checkout else stack)
+    command = [sys.executable, str(script), "--serve", str(port), "--folder", str(sub)]
     base = f"http://127.0.0.1:{port}"
-    return start([*command, "--stack", stack], base=base, env={}, timeout=300), base
+    return start([*command, "--stack", stack], base=base, env=env, timeout=300), base
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="questions to each server")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree): its service on the standard "
+        "stack against this checkout's, instead of the two stacks",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/service_overhead_scripted.json")
     )
@@ -86,29 +106,42 @@ def main() -> None:
         serve(args.serve, args.folder, args.stack)
         return
     folder = Path(tempfile.mkdtemp(prefix="guardrail-overhead-"))
-    servers = {stack: serve_stack(stack, folder) for stack in STACKS}
+    if args.baseline:
+        baseline = args.baseline.resolve()
+        described = {
+            "baseline": f"{STACK_NAMES['standard']}; the code of {baseline}",
+            "standard": f"{STACK_NAMES['standard']}; this checkout's code",
+        }
+        servers = {
+            "baseline": serve_arm(folder, "standard", baseline),
+            "standard": serve_arm(folder, "standard"),
+        }
+    else:
+        described = dict(STACK_NAMES)
+        servers = {stack: serve_arm(folder, stack) for stack in STACKS}
+    arms_order = list(servers)
     body = {"question": QUESTION, "passages": [PASSAGE]}
-    floors: dict[str, list[float]] = {stack: [] for stack in STACKS}
-    walls: dict[str, list[float]] = {stack: [] for stack in STACKS}
-    overheads: dict[str, list[float]] = {stack: [] for stack in STACKS}
-    clients = {stack: httpx.Client(base_url=servers[stack][1], timeout=60) for stack in STACKS}
+    floors: dict[str, list[float]] = {arm: [] for arm in arms_order}
+    walls: dict[str, list[float]] = {arm: [] for arm in arms_order}
+    overheads: dict[str, list[float]] = {arm: [] for arm in arms_order}
+    clients = {arm: httpx.Client(base_url=servers[arm][1], timeout=60) for arm in arms_order}
     try:
-        for stack in STACKS:  # warm-up: the verifier's first encodings, lazy imports
+        for arm in arms_order:  # warm-up: the verifier's first encodings, lazy imports
             for _ in range(20):
-                clients[stack].post("/v1/answer", json=body).raise_for_status()
+                clients[arm].post("/v1/answer", json=body).raise_for_status()
         for _ in range(200):
-            for stack in STACKS:
+            for arm in arms_order:
                 start_at = time.perf_counter()
-                clients[stack].get("/healthz")
-                floors[stack].append(time.perf_counter() - start_at)
+                clients[arm].get("/healthz")
+                floors[arm].append(time.perf_counter() - start_at)
         for _ in range(args.n):
-            for stack in STACKS:  # alternating: both see the same machine at the same time
+            for arm in arms_order:  # alternating: both see the same machine at the same time
                 start_at = time.perf_counter()
-                response = clients[stack].post("/v1/answer", json=body)
+                response = clients[arm].post("/v1/answer", json=body)
                 wall = time.perf_counter() - start_at
                 response.raise_for_status()
-                walls[stack].append(wall)
-                overheads[stack].append(wall - float(response.json()["timings"]["total"]))
+                walls[arm].append(wall)
+                overheads[arm].append(wall - float(response.json()["timings"]["total"]))
     finally:
         for client in clients.values():
             client.close()
@@ -119,14 +152,15 @@ def main() -> None:
         return round(1000 * statistics.median(values), 2)
 
     arms = {
-        stack: {
-            "http_floor_ms_median": ms(floors[stack]),
-            "wall_ms_median": ms(walls[stack]),
-            "overhead_ms_median": ms(overheads[stack]),
-            "overhead_minus_floor_ms_median": round(ms(overheads[stack]) - ms(floors[stack]), 2),
+        arm: {
+            "http_floor_ms_median": ms(floors[arm]),
+            "wall_ms_median": ms(walls[arm]),
+            "overhead_ms_median": ms(overheads[arm]),
+            "overhead_minus_floor_ms_median": round(ms(overheads[arm]) - ms(floors[arm]), 2),
         }
-        for stack in STACKS
+        for arm in arms_order
     }
+    other = arms_order[0]
     result = {
         "setting": (
             "the real app in its own process (SQLite store, rate limit counted, balanced "
@@ -134,15 +168,12 @@ def main() -> None:
             f"{args.n} POST /v1/answer with one passage to each server, alternating, one at "
             "a time, after 20 warm-up requests each; overhead = wall minus timings.total"
         ),
-        "stacks": {
-            "python": "uvicorn with h11 and asyncio's event loop",
-            "standard": "uvicorn[standard]: httptools and uvloop",
-        },
+        "arms_described": described,
         "cpus": os.cpu_count(),
         "requests_per_server": args.n,
         "arms": arms,
-        "overhead_ratio_standard_to_python": round(
-            arms["standard"]["overhead_ms_median"] / arms["python"]["overhead_ms_median"], 2
+        f"overhead_ratio_standard_to_{other}": round(
+            arms["standard"]["overhead_ms_median"] / arms[other]["overhead_ms_median"], 2
         ),
     }
     print(json.dumps(result, indent=2))
