@@ -297,12 +297,13 @@ class GuardedChatModel(BaseChatModel):
             # A model with a local backend scores its own answers; any other is read by the
             # local guard model (setting guard; ``none`` leaves Confidence Gain unavailable).
             scores_itself = getattr(self.model, "guardrail_backend", None) is not None
+            embedder = SentenceTransformerEmbedder()
             self._guard = Guardrail(
                 backend=backend,
                 policy=policy,
                 config=config,
-                embedder=SentenceTransformerEmbedder(),
-                verifier=verifier_from_setting(config.verifier),
+                embedder=embedder,
+                verifier=verifier_from_setting(config.verifier, shared=embedder.token_model),
                 guard=guard_backend(config, scores_itself=scores_itself),
             )
         return self._guard

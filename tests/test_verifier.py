@@ -5,13 +5,15 @@ set of made-up pairs in the repository (tests/fixtures/answerability/tiny.jsonl)
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from guardrail.cli import main
-from guardrail.pipeline import load_policy_setting
+from guardrail.config import GuardrailConfig
+from guardrail.pipeline import Guardrail, load_policy_setting
 from guardrail.signals import REGISTRY, Group, Needs, SignalInputs, compute_text_signals
 from guardrail.types import TokenStats
 from guardrail.verifier import (
@@ -38,6 +40,7 @@ from guardrail.verifier_training import (
 )
 from policies import Action, Assessment, decide
 from retrievers import Passage
+from retrievers.embedding import SentenceTransformerEmbedder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "answerability"
 
@@ -312,3 +315,39 @@ def test_an_escalated_answer_reuses_the_encoded_question_and_passages() -> None:
     uncached = Verifier(VerifierModel.load(), encoder, cache=0)
     uncached.score("Where was the bell cast?", [TOWER], "Bergen")
     assert len(encoder.encoded) == 2 * count
+
+
+def test_the_verifier_shares_the_retrievers_copy_of_the_encoder(shipped: Verifier) -> None:
+    """Built from settings, the verifier reads the embedder's weights (one copy in memory)
+    and scores exactly as with a copy of its own."""
+    embedder = SentenceTransformerEmbedder()
+    verifier = verifier_from_setting("default", shared=embedder.token_model)
+    assert verifier is not None
+    question, answer = "When did the 1973 oil crisis begin?", "October 1973"
+    assert verifier.score(question, [OIL], answer) == shipped.score(question, [OIL], answer)
+    _, transformer, lock = verifier.encoder._load()
+    assert transformer is embedder._load()[0].auto_model
+    assert lock is embedder.token_model()[2]
+    built = Guardrail.from_config(GuardrailConfig(), with_index=False)
+    assert built.embedder is not None and built.verify is not None
+    encoder = built.verify.func.__self__.encoder  # type: ignore[attr-defined]
+    assert encoder.shared is not None and encoder.shared.__self__ is built.embedder
+
+
+def test_the_shared_encoder_serves_both_readers_from_many_threads() -> None:
+    """The embedder and the verifier read one model and one tokenizer (every use under the
+    embedder's lock): from many threads at once, each gets what it gets alone."""
+    embedder = SentenceTransformerEmbedder()
+    verifier = verifier_from_setting("default", shared=embedder.token_model)
+    assert verifier is not None
+    verifier = Verifier(verifier.model, verifier.encoder, cache=0)  # every call encodes
+    expected = verifier.score("Where was the bell cast?", [TOWER], "Bergen")
+    expected_vectors = embedder.embed([TOWER, BRIDGE])
+
+    def work(i: int) -> bool:
+        if i % 2:
+            return verifier.score("Where was the bell cast?", [TOWER], "Bergen") == expected
+        return bool(np.allclose(embedder.embed([TOWER, BRIDGE]), expected_vectors, atol=1e-6))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert all(pool.map(work, range(24)))
