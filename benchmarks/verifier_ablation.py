@@ -83,9 +83,9 @@ def cached_features(verifier: Verifier, name: str, pairs: list[tuple[str, str]])
         return np.load(path)
     from tqdm.auto import tqdm
 
-    from guardrail.verifier_training import _text_count
+    from guardrail.verifier_training import text_count
 
-    with tqdm(total=_text_count(pairs), desc=name, unit="text") as bar:
+    with tqdm(total=text_count(pairs), desc=name, unit="text") as bar:
         x = verifier.features(pairs, progress=bar.update)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(path, x)

@@ -207,9 +207,7 @@ def train(
     support = support_examples(pairs)
     staging = Verifier(_blank(rarity), encoder, cache=0)
     all_pairs = [(p.question, p.passage) for p in pairs] + [(q, t) for q, t, _ in support]
-    with tqdm(
-        total=_text_count(all_pairs), desc="encode", unit="text", disable=not progress
-    ) as bar:
+    with tqdm(total=text_count(all_pairs), desc="encode", unit="text", disable=not progress) as bar:
         x = staging.features(all_pairs, progress=bar.update)
     n = len(pairs)
     y = np.array([p.answerable for p in pairs])
@@ -241,14 +239,16 @@ def evaluate(
     out = {}
     for name, pairs in groups.items():
         texts = [(p.question, p.passage) for p in pairs]
-        with tqdm(total=_text_count(texts), desc=name, unit="text", disable=not progress) as bar:
+        with tqdm(total=text_count(texts), desc=name, unit="text", disable=not progress) as bar:
             x = scorer.features(texts, progress=bar.update)
         p = model.heads["answerable"].proba(x)
         out[name] = {"n": len(pairs), "auroc": auroc([q.answerable for q in pairs], p)}
     return out
 
 
-def _text_count(pairs: Sequence[tuple[str, str]]) -> int:
+def text_count(pairs: Sequence[tuple[str, str]]) -> int:
+    """How many distinct texts the verifier encodes for ``pairs`` (questions and passage
+    windows): the total of a progress bar."""
     from guardrail.verifier import windows
 
     return len({q for q, _ in pairs} | {w for _, t in pairs for w in windows(t)})
