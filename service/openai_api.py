@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from guardrail.render import text_pieces
@@ -186,7 +186,7 @@ async def chat_completions(
     answerer: AnswererDep,
     settings: SettingsDep,
     request: Request,
-) -> JSONResponse | StreamingResponse:
+) -> dict[str, Any] | StreamingResponse:
     """An OpenAI chat completion whose content is guardrail's decision, rendered."""
     _check_model(body, settings.served_model)
     record = await answerer.answer(
@@ -202,25 +202,22 @@ async def chat_completions(
     created = int(time.time())
     extra = guardrail_object(record)
     if not body.stream:
-        # Plain JSON data: rendered as is (no generic encoder walk, as for /v1/answer).
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": settings.served_model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": record["text"]},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": None,
-                "guardrail": extra,
-            }
-        )
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": settings.served_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": record["text"]},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": None,
+            "guardrail": extra,
+        }
     return StreamingResponse(
         _chunks(completion_id, created, settings.served_model, record["text"], extra),
         media_type="text/event-stream",
