@@ -61,15 +61,11 @@ def draw_questions(data: Path, n: int, seed: int) -> list[str]:
 
 
 def slope_per_100(points: list[tuple[int, float]]) -> float:
-    """Least-squares growth of RSS (MiB) per 100 questions over ``points``."""
+    """Least-squares growth of RSS (MiB) per 100 questions over ``points`` (NaN with fewer
+    than two)."""
     if len(points) < 2:
         return float("nan")
-    xs = [x for x, _ in points]
-    ys = [y for _, y in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return 100 * cov / var if var else float("nan")
+    return 100 * statistics.linear_regression(*zip(*points, strict=True)).slope
 
 
 def main() -> None:
@@ -107,24 +103,22 @@ def main() -> None:
         ready = rss_mib(server.pid)
         print(f"ready after {time.perf_counter() - started:.0f} s: RSS {ready:.0f} MiB", flush=True)
         run_start = time.perf_counter()
-        before = round(ready, 1)
+        previous = round(ready, 1)
         with httpx.Client(base_url=base, timeout=600) as http:
             for number, question in enumerate(questions, start=1):
                 response = http.post("/v1/answer", json={"question": question})
                 statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+                rss = round(rss_mib(server.pid), 1)
                 if response.status_code == 200:
                     record = response.json()
                     actions[record["action"]] = actions.get(record["action"], 0) + 1
                     if record.get("escalated"):
                         escalation["escalated"] += 1
                         if escalation["escalated"] == 1:
-                            escalation["rss_mib_after_first_escalation"] = round(
-                                rss_mib(server.pid), 1
-                            )
-                            escalation["rss_mib_before_first_escalation"] = before
-                before = round(rss_mib(server.pid), 1)
+                            escalation["rss_mib_before_first_escalation"] = previous
+                            escalation["rss_mib_after_first_escalation"] = rss
+                previous = rss
                 if number == 1 or number % args.every == 0 or number == len(questions):
-                    rss = round(rss_mib(server.pid), 1)
                     checkpoints.append({"questions": number, "rss_mib": rss})
                     elapsed = time.perf_counter() - run_start
                     print(f"{number:5d} questions, {elapsed:6.0f} s: RSS {rss:.0f} MiB", flush=True)

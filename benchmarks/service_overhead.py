@@ -65,11 +65,11 @@ def serve(port: int, folder: Path, stack: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **options)  # type: ignore[arg-type]
 
 
-STACKS = ("python", "standard")
 STACK_NAMES = {
     "python": "uvicorn with h11 and asyncio's event loop",
     "standard": "uvicorn[standard]: httptools and uvloop",
 }
+STACKS = tuple(STACK_NAMES)
 
 
 def serve_arm(

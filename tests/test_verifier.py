@@ -336,18 +336,23 @@ def test_the_verifier_shares_the_retrievers_copy_of_the_encoder(shipped: Verifie
 
 def test_the_shared_encoder_serves_both_readers_from_many_threads() -> None:
     """The embedder and the verifier read one model and one tokenizer (every use under the
-    embedder's lock): from many threads at once, each gets what it gets alone."""
+    embedder's lock): from many threads at once, each gets what it gets alone. The passage is
+    longer than either reader's truncation (the verifier's 160 tokens, the embedder's 256):
+    a fast tokenizer keeps its truncation setting between calls, so a reader tokenising
+    outside the lock can cut the other's text at its own length (seen: 1 call in 60)."""
     embedder = SentenceTransformerEmbedder()
     verifier = verifier_from_setting("default", shared=embedder.token_model)
     assert verifier is not None
     verifier = Verifier(verifier.model, verifier.encoder, cache=0)  # every call encodes
-    expected = verifier.score("Where was the bell cast?", [TOWER], "Bergen")
-    expected_vectors = embedder.embed([TOWER, BRIDGE])
+    long_passage = " ".join([TOWER] * 12)
+    expected = verifier.score("Where was the bell cast?", [long_passage], "Bergen")
+    expected_vectors = embedder.embed([long_passage, BRIDGE])
 
     def work(i: int) -> bool:
         if i % 2:
-            return verifier.score("Where was the bell cast?", [TOWER], "Bergen") == expected
-        return bool(np.allclose(embedder.embed([TOWER, BRIDGE]), expected_vectors, atol=1e-6))
+            return verifier.score("Where was the bell cast?", [long_passage], "Bergen") == expected
+        vectors = embedder.embed([long_passage, BRIDGE])
+        return bool(np.allclose(vectors, expected_vectors, atol=1e-6))
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        assert all(pool.map(work, range(24)))
+        assert all(pool.map(work, range(60)))
