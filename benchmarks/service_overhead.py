@@ -25,6 +25,7 @@ benchmarks/service_overhead.py --out /tmp/o.json`` (the server is the subprocess
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from serving import free_port, start, stop
@@ -86,6 +88,30 @@ def serve_arm(
     return start([*command, "--stack", stack], base=base, env=env, timeout=300), base
 
 
+class StdlibClient:
+    """``http.client`` over one kept-alive connection: the least a Python client can add."""
+
+    def __init__(self, base: str) -> None:
+        url = urlsplit(base)
+        self.connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=60)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """The response body; raises on any status but 200."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self.connection.request(method, path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+CLIENTS = ("httpx", "stdlib")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="questions to each server")
@@ -121,59 +147,78 @@ def main() -> None:
         servers = {stack: serve_arm(folder, stack) for stack in STACKS}
     arms_order = list(servers)
     body = {"question": QUESTION, "passages": [PASSAGE]}
-    floors: dict[str, list[float]] = {arm: [] for arm in arms_order}
-    walls: dict[str, list[float]] = {arm: [] for arm in arms_order}
-    overheads: dict[str, list[float]] = {arm: [] for arm in arms_order}
+    raw = json.dumps(body).encode()
+    series = ("floor", "wall", "overhead")
+    times: dict[tuple[str, str, str], list[float]] = {
+        (arm, client, kind): [] for arm in arms_order for client in CLIENTS for kind in series
+    }
     clients = {arm: httpx.Client(base_url=servers[arm][1], timeout=60) for arm in arms_order}
+    stdlib = {arm: StdlibClient(servers[arm][1]) for arm in arms_order}
+
+    def timed(arm: str, client: str, method: str, path: str) -> tuple[float, bytes]:
+        start_at = time.perf_counter()
+        if client == "httpx":
+            response = clients[arm].request(method, path, json=body if method == "POST" else None)
+            elapsed = time.perf_counter() - start_at
+            response.raise_for_status()
+            return elapsed, response.content
+        data = stdlib[arm].request(method, path, raw if method == "POST" else None)
+        return time.perf_counter() - start_at, data
+
     try:
         for arm in arms_order:  # warm-up: the verifier's first encodings, lazy imports
-            for _ in range(20):
-                clients[arm].post("/v1/answer", json=body).raise_for_status()
+            for client in CLIENTS:
+                for _ in range(10):
+                    timed(arm, client, "POST", "/v1/answer")
         for _ in range(200):
             for arm in arms_order:
-                start_at = time.perf_counter()
-                clients[arm].get("/healthz")
-                floors[arm].append(time.perf_counter() - start_at)
+                for client in CLIENTS:
+                    times[arm, client, "floor"].append(timed(arm, client, "GET", "/healthz")[0])
         for _ in range(args.n):
             for arm in arms_order:  # alternating: both see the same machine at the same time
-                start_at = time.perf_counter()
-                response = clients[arm].post("/v1/answer", json=body)
-                wall = time.perf_counter() - start_at
-                response.raise_for_status()
-                walls[arm].append(wall)
-                overheads[arm].append(wall - float(response.json()["timings"]["total"]))
+                for client in CLIENTS:
+                    wall, data = timed(arm, client, "POST", "/v1/answer")
+                    times[arm, client, "wall"].append(wall)
+                    total = float(json.loads(data)["timings"]["total"])
+                    times[arm, client, "overhead"].append(wall - total)
     finally:
-        for client in clients.values():
-            client.close()
+        for session in clients.values():
+            session.close()
+        for plain in stdlib.values():
+            plain.close()
         for server, _ in servers.values():
             stop(server)
 
     def ms(values: list[float]) -> float:
         return round(1000 * statistics.median(values), 2)
 
-    arms = {
-        arm: {
-            "http_floor_ms_median": ms(floors[arm]),
-            "wall_ms_median": ms(walls[arm]),
-            "overhead_ms_median": ms(overheads[arm]),
-            "overhead_minus_floor_ms_median": round(ms(overheads[arm]) - ms(floors[arm]), 2),
+    def summary(arm: str, client: str) -> dict[str, float]:
+        floor, overhead = ms(times[arm, client, "floor"]), ms(times[arm, client, "overhead"])
+        return {
+            "http_floor_ms_median": floor,
+            "wall_ms_median": ms(times[arm, client, "wall"]),
+            "overhead_ms_median": overhead,
+            "overhead_minus_floor_ms_median": round(overhead - floor, 2),
         }
-        for arm in arms_order
-    }
+
+    httpx_side = {arm: summary(arm, "httpx") for arm in arms_order}
+    arms = {arm: {**httpx_side[arm], "stdlib_client": summary(arm, "stdlib")} for arm in arms_order}
     other = arms_order[0]
     result = {
         "setting": (
             "the real app in its own process (SQLite store, rate limit counted, balanced "
-            "policy, the shipped verifier) over the scripted test model; one client, "
-            f"{args.n} POST /v1/answer with one passage to each server, alternating, one at "
-            "a time, after 20 warm-up requests each; overhead = wall minus timings.total"
+            "policy, the shipped verifier) over the scripted test model; one request at a time, "
+            f"{args.n} POST /v1/answer with one passage to each server and from each client "
+            "(httpx; the standard library's http.client in stdlib_client), alternating, "
+            "after 20 warm-up requests each; overhead = wall minus timings.total"
         ),
         "arms_described": described,
         "cpus": os.cpu_count(),
         "requests_per_server": args.n,
         "arms": arms,
         f"overhead_ratio_standard_to_{other}": round(
-            arms["standard"]["overhead_ms_median"] / arms[other]["overhead_ms_median"], 2
+            httpx_side["standard"]["overhead_ms_median"] / httpx_side[other]["overhead_ms_median"],
+            2,
         ),
     }
     print(json.dumps(result, indent=2))
