@@ -20,6 +20,11 @@ larger model), which says what its first use adds (``rss_mib_after_first_escalat
 Reports: RSS when ready, after the first question (the lazy parts: the verifier, the first
 prompt caches), at each checkpoint, and the growth per 100 questions fitted (least squares)
 over the second half of the run, where start-up effects are over.
+
+``--trim`` asks, at each checkpoint, how much of that memory is free heap the C allocator
+keeps: it calls ``malloc_trim(0)`` inside the server through gdb (Debian's ``gdb``; the
+server's glibc) and reads RSS again (``rss_mib_after_trim``). The trim changes what follows
+(the heap grows back), so a run with it measures that and not the plain growth.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import argparse
 import json
 import math
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +75,20 @@ def slope_per_100(points: list[tuple[int, float]]) -> float:
     return 100 * statistics.linear_regression(*zip(*points, strict=True)).slope
 
 
+def trim_heap(pid: int) -> None:
+    """``malloc_trim(0)`` in process ``pid``, called through gdb: glibc hands the free pages
+    at the top of each heap and inside its free chunks back to the system."""
+    done = subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-ex", "call (int)malloc_trim(0)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0 or "$1 =" not in done.stdout:
+        raise SystemExit(f"gdb could not call malloc_trim in {pid}: {done.stderr.strip()[-300:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=1000)
@@ -77,8 +98,16 @@ def main() -> None:
     arm = parser.add_mutually_exclusive_group()
     arm.add_argument("--no-escalation-model", action="store_true")
     arm.add_argument("--with-escalation", action="store_true")
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="at each checkpoint, call malloc_trim(0) in the server (through gdb) and read RSS "
+        "again: how much of it is free heap",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memory.json"))
     args = parser.parse_args()
+    if args.trim and shutil.which("gdb") is None:
+        parser.error("--trim needs gdb (apt-get install gdb)")
     questions = draw_questions(args.data, args.questions, args.seed)
     work = Path(tempfile.mkdtemp(prefix="guardrail-memory-"))
     policy = work / "balanced-no-escalation.yaml"
@@ -122,6 +151,12 @@ def main() -> None:
                     checkpoints.append({"questions": number, "rss_mib": rss})
                     elapsed = time.perf_counter() - run_start
                     print(f"{number:5d} questions, {elapsed:6.0f} s: RSS {rss:.0f} MiB", flush=True)
+                    if args.trim:
+                        trim_heap(server.pid)
+                        previous = checkpoints[-1]["rss_mib_after_trim"] = round(
+                            rss_mib(server.pid), 1
+                        )
+                        print(f"{'':29}after malloc_trim: {previous:.0f} MiB", flush=True)
                     # Written at every checkpoint: a run stopped early keeps what it measured.
                     write(args, len(questions), ready, checkpoints, statuses, actions, escalation)
     finally:
@@ -144,6 +179,9 @@ def write(
     after_first = checkpoints[0]["rss_mib"]
     growth = slope_per_100(half)
     policy = "balanced" if args.with_escalation else "balanced with defer instead of escalate"
+    trimmed = [
+        c["rss_mib"] - c["rss_mib_after_trim"] for c in checkpoints if "rss_mib_after_trim" in c
+    ]
     result = {
         "setting": (
             "guardrail serve, embedded defaults (Gemma-3-270M, dtype auto, demo index, SQLite "
@@ -162,6 +200,7 @@ def write(
         "statuses": statuses,
         "actions": actions,
         **escalation,
+        **({"free_heap_mib_at_checkpoints": [round(t, 1) for t in trimmed]} if trimmed else {}),
         "checkpoints": checkpoints,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
