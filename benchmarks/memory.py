@@ -177,7 +177,8 @@ def write(
     done = checkpoints[-1]["questions"]
     half = [(c["questions"], c["rss_mib"]) for c in checkpoints if c["questions"] > done / 2]
     after_first = checkpoints[0]["rss_mib"]
-    growth = slope_per_100(half)
+    # A trimmed run's heap grows back after each trim: its slope is not the plain growth.
+    growth = float("nan") if args.trim else slope_per_100(half)
     policy = "balanced" if args.with_escalation else "balanced with defer instead of escalate"
     trimmed = [
         c["rss_mib"] - c["rss_mib_after_trim"] for c in checkpoints if "rss_mib_after_trim" in c
@@ -188,6 +189,7 @@ def write(
             f"store), {policy}, rate limit off, one client, "
             f"{planned} distinct SQuAD 2.0 dev questions (seed {args.seed}), open "
             "retrieval over the demo corpus, POST /v1/answer"
+            + ("; malloc_trim(0) in the server at each checkpoint" if args.trim else "")
         ),
         "escalation_model_prepared": not args.no_escalation_model,
         "questions_done": done,
@@ -195,7 +197,7 @@ def write(
         "rss_mib_after_first": after_first,
         "rss_mib_end": checkpoints[-1]["rss_mib"],
         "rss_mib_max": max(c["rss_mib"] for c in checkpoints),
-        # null until the second half has two checkpoints (JSON has no NaN)
+        # null until the second half has two checkpoints, and with --trim (JSON has no NaN)
         "growth_mib_per_100_second_half": None if math.isnan(growth) else round(growth, 2),
         "statuses": statuses,
         "actions": actions,
