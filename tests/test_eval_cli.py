@@ -178,7 +178,7 @@ def test_calibrate_then_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert result["summary"]["n"] == 2
     assert "cg_mean" in result["signals"]
     sweep = result["risk_sweep"]
-    assert [row["target_error"] for row in sweep] == [0.1, 0.2, 0.3, 0.5, 0.7]
+    assert [row["target_error"] for row in sweep] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.7]
     assert all(row["calibrator"] == "logistic" for row in sweep)
     assert (
         "fitted on 1 questions (fit share 0.5), thresholds certified on the other 1"

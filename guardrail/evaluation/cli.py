@@ -62,8 +62,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sweep-targets",
         type=_targets,
-        default=(0.1, 0.2, 0.3, 0.5, 0.7),
-        help="error targets to certify and check, comma-separated (default 0.1,0.2,0.3,0.5,0.7)",
+        default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.7),
+        help="error targets to certify and check, comma-separated (default 0.1,...,0.5,0.7)",
     )
     _risk_arguments(p)
     p.set_defaults(func=cmd_eval)
