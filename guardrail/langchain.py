@@ -50,6 +50,7 @@ from guardrail.backends.base import GeneratorBackend
 from guardrail.backends.chat import (
     MESSAGES_MARK,
     chat_token_stats,
+    content_text,
     first_line,
     messages_prompt,
     prompt_messages,
@@ -73,12 +74,7 @@ _ROLES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 
 def _text(content: Any) -> str:
     """A message's content as text (the text parts of a list content)."""
-    if isinstance(content, str):
-        return content
-    parts = [
-        part.get("text", "") if isinstance(part, dict) else str(part) for part in content or []
-    ]
-    return "".join(parts)
+    return content_text(content) or ""
 
 
 def logprob_entries(message: BaseMessage) -> list[dict[str, Any]] | None:
@@ -325,9 +321,21 @@ class GuardedChatModel(BaseChatModel):
 
     @staticmethod
     def _conversation(messages: Sequence[BaseMessage]) -> tuple[str, list[tuple[str, str]]]:
-        """The last human message, and the human and AI messages before it."""
+        """The last human message, and the human and AI messages before it; only system
+        messages may follow it."""
         for position in range(len(messages) - 1, -1, -1):
             if isinstance(messages[position], HumanMessage):
+                after = [
+                    type(m).__name__
+                    for m in messages[position + 1 :]
+                    if not isinstance(m, SystemMessage)
+                ]
+                if after:
+                    raise ValueError(
+                        f"the conversation ends with {after[-1]} after the last human "
+                        "message; guardrail answers the last human message, so the "
+                        "conversation must end with it"
+                    )
                 history = [
                     ("user" if isinstance(m, HumanMessage) else "assistant", _text(m.content))
                     for m in messages[:position]

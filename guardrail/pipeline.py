@@ -534,9 +534,14 @@ class Guardrail:
         ):
             # Only on a conflict: name what the model would say without the documents.
             prompts = prompt_for(assessed.backend, self.config.max_passage_words)
-            parametric_answer = assessed.backend.generate(
-                prompts.parametric(question), max_new_tokens=self.config.max_new_tokens
-            ).text
+            try:
+                parametric_answer = assessed.backend.generate(
+                    prompts.parametric(question), max_new_tokens=self.config.max_new_tokens
+                ).text
+            except BackendError:
+                # The decision is made: an upstream that fails on this extra question costs
+                # the caveat its named answer, not the decision.
+                parametric_answer = None
         if shadow_mode:
             # The answer passes through as the model gave it; the decision is only recorded.
             text, cited = assessed.answer, citations(cited_passages(assessed.answer, found))

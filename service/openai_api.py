@@ -128,6 +128,20 @@ class ChatRequest(BaseModel):
     def _last_user(self) -> int:
         for position in range(len(self.messages) - 1, -1, -1):
             if self.messages[position].role == "user":
+                later = [
+                    (i, m.role)
+                    for i, m in enumerate(self.messages[position + 1 :], start=position + 1)
+                    if m.role in ("assistant", "tool", "function")
+                ]
+                if later:
+                    at, role = later[0]
+                    raise ApiError(
+                        400,
+                        "last_message_not_user",
+                        f"messages[{at}] (role {role}) comes after the last user message; "
+                        "guardrail answers the last user message, so the conversation must "
+                        "end with it (tool results and assistant prefills are not supported)",
+                    )
                 return position
         raise ApiError(
             400,

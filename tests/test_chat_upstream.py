@@ -14,20 +14,22 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import ScriptedBackend
+from fakes import ScriptedBackend, peaked
+from test_service import serve, settings
 
 from guardrail.backends.chat import chat_token_stats, messages_prompt, prompt_messages
 from guardrail.backends.openai_chat import OpenAIChatBackend
 from guardrail.backends.openai_compat import OpenAICompatibleBackend, ScoringUnavailable
 from guardrail.config import GuardrailConfig
-from guardrail.errors import BackendError, ModelUnavailableError
+from guardrail.errors import BackendError, ConfigError, ModelUnavailableError
 from guardrail.evaluation.datasets import EvalItem
 from guardrail.evaluation.runner import EvalRunner, RecordCache
 from guardrail.pipeline import Guardrail, generator_backend, guard_backend, guard_model_name
 from guardrail.policy_runtime import PolicyRuntime
 from guardrail.prompts import prompt_for
 from guardrail.signals import SIGNALS, SOURCES
-from retrievers import Passage
+from retrievers import HashingEmbedder, Passage, PassageIndex
+from service import create_app
 
 LYON = Passage("lyon", "The capital of France is Lyon.", "forged.txt", title="Forged", score=0.8)
 PARIS = Passage("paris", "Paris is a large city on the Seine.", "paris.txt", score=0.5)
@@ -45,23 +47,37 @@ class ChatServer:
         *,
         refuse_logprobs: bool = False,
         choices: bool = True,
+        entries: Any = None,
+        failures: Sequence[int] = (),
+        message: Any = None,
     ) -> None:
         self.reply = reply
         self.logprobs = logprobs
         self.refuse_logprobs = refuse_logprobs
         self.choices = choices
+        self.entries = entries  # logprobs.content exactly as given, when not None
+        self.failures = list(failures)  # error statuses for the first requests, in order
+        self.message = message  # the reply's message exactly as given, when not None
         self.bodies: list[dict[str, Any]] = []
+        self.headers: list[httpx.Headers] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/chat/completions"
         body = json.loads(request.content)
         self.bodies.append(body)
+        self.headers.append(request.headers)
+        if self.failures:
+            return httpx.Response(
+                self.failures.pop(0), json={"error": {"message": "try again later"}}
+            )
         if body.get("logprobs") and self.refuse_logprobs:
             return httpx.Response(
                 400, json={"error": {"message": "logprobs is not supported by this model"}}
             )
         content = None
-        if body.get("logprobs") and self.logprobs is not None:
+        if body.get("logprobs") and self.entries is not None:
+            content = self.entries
+        elif body.get("logprobs") and self.logprobs is not None:
             content = [
                 {
                     "token": token,
@@ -75,17 +91,21 @@ class ChatServer:
             ]
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": self.reply},
+            "message": self.message or {"role": "assistant", "content": self.reply},
             "finish_reason": "stop",
             "logprobs": {"content": content} if content is not None else None,
         }
         return httpx.Response(
             200,
-            json={
-                "object": "chat.completion",
-                "choices": [choice] if self.choices else [],
-                "usage": {"prompt_tokens": 42, "completion_tokens": 2},
-            },
+            # Python's json writes an infinity as -Infinity, as some servers do.
+            content=json.dumps(
+                {
+                    "object": "chat.completion",
+                    "choices": [choice] if self.choices else [],
+                    "usage": {"prompt_tokens": 42, "completion_tokens": 2},
+                }
+            ),
+            headers={"content-type": "application/json"},
         )
 
     def backend(self, **options: Any) -> OpenAIChatBackend:
@@ -100,6 +120,10 @@ def guard_model() -> ScriptedBackend:
     return ScriptedBackend(
         ["Lyon", "Paris"], contextual=[[0.9, 0.1]], parametric=[[0.2, 0.8]], name="guard"
     )
+
+
+def lyon_index() -> PassageIndex:
+    return PassageIndex.build([LYON], HashingEmbedder(), progress=False)
 
 
 def balanced() -> PolicyRuntime:
@@ -162,6 +186,172 @@ def test_the_chat_route_cannot_score_and_bad_replies_are_errors() -> None:
     with pytest.raises(BackendError, match="returned no choices"):
         ChatServer("Lyon", choices=False).backend().generate("Which city?")
     assert ChatServer(None).backend().generate("Which city?").text == ""
+
+
+def test_a_failing_upstream_is_an_error_and_logprobs_stay_asked_for() -> None:
+    """A 503 or 429 is a failure, not a refusal of the parameter: it is not retried without
+    logprobs, and the next request asks for them again."""
+    for status in (503, 429, 401):
+        server = ChatServer("Lyon", [(" Lyon", -0.1)], failures=[status])
+        backend = server.backend()
+        with pytest.raises(BackendError, match=f"answered {status}: try again later"):
+            backend.generate("Which city?")
+        assert backend.asks_logprobs
+        assert backend.generate("Which city?").stats.logprobs == pytest.approx((-0.1,))
+        assert ["logprobs" in b for b in server.bodies] == [True, True]
+    # A 422 rejects the parameters, as a 400 does: asked again without, and from then on.
+    server = ChatServer("Lyon", [(" Lyon", -0.1)], failures=[422])
+    backend = server.backend()
+    assert backend.generate("Which city?").text == "Lyon" and not backend.asks_logprobs
+
+
+GOOD = {"token": "Lyon", "logprob": -0.1, "top_logprobs": [{"token": "Lyon", "logprob": -0.1}]}
+MALFORMED_ENTRIES = {
+    "null logprob": [{**GOOD, "logprob": None}],
+    "infinite logprob": [{**GOOD, "logprob": -math.inf}],
+    "text logprob": [{**GOOD, "logprob": "-0.1"}],
+    "token not text": [{**GOOD, "token": 7}],
+    "entry not an object": ["Lyon"],
+    "alternative without a token": [{**GOOD, "top_logprobs": [{"logprob": -0.1}]}],
+    "alternatives not a list": [{**GOOD, "top_logprobs": "Lyon"}],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_ENTRIES))
+def test_malformed_or_infinite_logprobs_leave_the_token_signals_to_the_guard(case: str) -> None:
+    """Log-probabilities that are not finite numbers in OpenAI's shape are not read (the
+    token signals would be wrong, or not JSON): the guard model reads the answer instead."""
+    server = ChatServer("Lyon", entries=MALFORMED_ENTRIES[case])
+    assert not server.backend().generate("Which city?").stats.token_ids
+    pipeline = Guardrail(backend=server.backend(), policy=balanced(), guard=guard_model())
+    response = pipeline.ask("What is the capital of France?", passages=[LYON])
+    assert response.answer == "Lyon"
+    assert response.signal_sources["mean_logprob"] == "guard"
+    assert response.signals["mean_logprob"] == pytest.approx(math.log(0.9))
+    json.dumps(response.to_dict(), allow_nan=False)  # a record any JSON reader takes
+
+
+def test_token_stats_read_both_alternative_shapes_and_skip_impossible_alternatives() -> None:
+    listed = [{**GOOD, "top_logprobs": [GOOD, {"token": "Paris", "logprob": -math.inf}]}]
+    mapped = [{**GOOD, "top_logprobs": {"Lyon": -0.1}}]
+    for entries in (listed, mapped):
+        stats = chat_token_stats(entries, len)
+        assert stats.tokens == ("Lyon",) and stats.logprobs == pytest.approx((-0.1,))
+        assert stats.margins == pytest.approx((1.0,))  # one alternative with any weight
+
+
+def test_the_answer_is_read_from_content_parts_and_a_tool_call_is_an_error() -> None:
+    parts = {
+        "role": "assistant",
+        "content": [
+            {"type": "reasoning", "text": "The passage says Lyon."},
+            {"type": "text", "text": "March "},
+            {"type": "text", "text": "1974\nbecause..."},
+        ],
+    }
+    assert ChatServer(None, message=parts).backend().generate("When?").text == "March 1974"
+    refusal = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    assert ChatServer(None, message=refusal).backend().generate("When?").text == ""
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "search"}}],
+    }
+    with pytest.raises(BackendError, match="tool call instead of text"):
+        ChatServer(None, message=call).backend().generate("When?")
+
+
+def test_a_reply_that_is_not_an_object_or_has_an_odd_usage_is_handled() -> None:
+    def array(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[{"choices": []}])
+
+    backend = OpenAIChatBackend("http://u.invalid/v1", "m", transport=httpx.MockTransport(array))
+    with pytest.raises(BackendError, match="JSON that is not an object"):
+        backend.generate("Which city?")
+
+    def odd_usage(request: httpx.Request) -> httpx.Response:
+        choice = {"message": {"role": "assistant", "content": "Lyon"}, "finish_reason": "stop"}
+        return httpx.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": "n/a"}})
+
+    backend = OpenAIChatBackend(
+        "http://u.invalid/v1", "m", transport=httpx.MockTransport(odd_usage)
+    )
+    generation = backend.generate("Which city?")
+    assert generation.text == "Lyon" and generation.prompt_tokens == 0
+
+
+def test_the_api_key_is_sent_trimmed_and_never_shown_in_errors() -> None:
+    server = ChatServer("Lyon")
+    server.backend(api_key="sk-live-SECRET42\n").generate("Which city?")
+    assert server.headers[0]["authorization"] == "Bearer sk-live-SECRET42"
+    with pytest.raises(ConfigError, match="control or non-ASCII character") as caught:
+        server.backend(api_key="sk-live\x00SECRET42")
+    assert "SECRET42" not in str(caught.value)
+
+    def quoting(request: httpx.Request) -> httpx.Response:
+        # A transport error that quotes the header it could not send (as h11's does).
+        raise httpx.LocalProtocolError(f"Illegal header value {request.headers['authorization']}")
+
+    backend = OpenAIChatBackend(
+        "http://u.invalid/v1",
+        "m",
+        api_key="sk-live-SECRET42",
+        transport=httpx.MockTransport(quoting),
+    )
+    with pytest.raises(BackendError, match=r"Bearer \[redacted\]") as failed:
+        backend.generate("Which city?")
+    assert "SECRET42" not in str(failed.value)
+
+
+def test_the_service_decides_and_records_an_upstream_reply_with_infinite_logprobs(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP: an upstream whose log-probabilities hold -Infinity gets a decision (the
+    guard's reading), recorded and served as JSON, instead of a 500."""
+    server = ChatServer("Lyon", entries=MALFORMED_ENTRIES["infinite logprob"])
+    pipeline = Guardrail(
+        backend=server.backend(), policy=balanced(), guard=guard_model(), index=lyon_index()
+    )
+    with serve(create_app(settings(tmp_path), guard=pipeline)) as url:
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "guardrail", "messages": [{"role": "user", "content": "Capital?"}]},
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        decision = reply.json()["guardrail"]
+        assert decision["signal_sources"]["mean_logprob"] == "guard"
+        stored = httpx.get(f"{url}/v1/decisions/{decision['decision_id']}", timeout=60)
+    assert stored.status_code == 200
+    assert stored.json()["signals"]["mean_logprob"] == decision["signals"]["mean_logprob"]
+
+
+def test_an_upstream_failing_on_the_conflict_caveat_keeps_the_decision() -> None:
+    """On a knowledge conflict the upstream is asked once more, without the passages, for the
+    answer it would give; when that extra call fails the decision stands, with the caveat
+    that does not name it."""
+    vocab = ["Lyon", "Paris", "Rome", "Nice", "Metz", "Lille", "Brest", "Dijon"]
+    guard = ScriptedBackend(
+        vocab,
+        contextual=[[1 / len(vocab)] * len(vocab)],  # unsure with the passages
+        parametric=[peaked(vocab, "Paris", 0.99)],  # sure of another answer without them
+        name="guard",
+    )
+    server = ChatServer("Lyon", [("Lyon", -0.01)])  # sure of its answer
+
+    def once(request: httpx.Request) -> httpx.Response:
+        if server.bodies:
+            server.bodies.append(json.loads(request.content))
+            return httpx.Response(503, json={"error": {"message": "overloaded"}})
+        return server(request)
+
+    backend = OpenAIChatBackend("http://u.invalid/v1", "m", transport=httpx.MockTransport(once))
+    pipeline = Guardrail(backend=backend, policy=balanced(), guard=guard)
+    response = pipeline.ask("What is the capital of France?", passages=[LYON])
+    assert "knowledge_conflict" in response.flags
+    assert len(server.bodies) == 2  # the extra question was asked, and failed
+    assert response.action == "hedge" and response.answer == "Lyon"
+    assert "the documents conflict with what the model otherwise believes" in response.text
 
 
 def test_chat_token_stats_keep_the_first_line() -> None:

@@ -257,6 +257,14 @@ def test_the_langchain_wrapper_takes_the_conversation() -> None:
     assert record["answer"] == "March 1974"
 
 
+def test_the_langchain_wrapper_refuses_a_conversation_that_ends_after_the_question() -> None:
+    chat = FakeListChatModel(responses=["March 1974"])
+    guarded = GuardedChatModel(model=chat, config=GuardrailConfig(guard="none"))
+    with pytest.raises(ValueError, match="ends with AIMessage after the last human message"):
+        guarded.invoke([HumanMessage(OIL[0][1]), AIMessage(OIL[1][1])])
+    assert chat.i == 0  # refused before the model was asked
+
+
 def load_conversations() -> list[dict[str, Any]]:
     return [json.loads(line) for line in FIXTURES.read_text().splitlines() if line.strip()]
 

@@ -153,6 +153,31 @@ def test_bad_keys_are_401(server: str) -> None:
             "no user message",
         ),
         (
+            {
+                "model": "guardrail",
+                "messages": [
+                    {"role": "user", "content": "When did the oil crisis begin?"},
+                    {"role": "assistant", "content": "October 1973"},
+                ],
+            },
+            400,
+            "last_message_not_user",
+            "messages[1] (role assistant) comes after the last user message",
+        ),
+        (
+            {
+                "model": "guardrail",
+                "messages": [
+                    {"role": "user", "content": "What is the weather?"},
+                    {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+                    {"role": "system", "content": "be brief"},
+                ],
+            },
+            400,
+            "last_message_not_user",
+            "messages[1] (role tool)",
+        ),
+        (
             {"model": "guardrail", "messages": [{"role": "user", "content": "   "}]},
             422,
             "invalid_question",

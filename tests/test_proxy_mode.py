@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -219,6 +220,48 @@ def test_a_server_without_echo_leaves_the_confidence_gain_unavailable() -> None:
     assert response.signals["cg_mean"] is None
     assert response.signals["parametric_agreement"] is None
     assert response.action in ("answer", "hedge", "defer", "escalate")
+
+
+def test_null_or_infinite_completion_logprobs_are_not_read() -> None:
+    """A completions server that writes a log-probability as null (generation) or -Infinity
+    (echo): the answer is judged without those token signals, and the echo score is
+    unavailable rather than infinite."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body.get("echo"):
+            prompt = body["prompt"]
+            head = prompt[: -len(" Lyon")]
+            logprobs = {
+                "tokens": [head, " Lyon"],
+                "token_logprobs": [None, -math.inf],
+                "top_logprobs": [None, {" Lyon": -math.inf}],
+                "text_offset": [0, len(head)],
+            }
+            reply = {"choices": [{"text": prompt, "logprobs": logprobs}]}
+        else:
+            logprobs = {
+                "tokens": [" Lyon"],
+                "token_logprobs": [None],
+                "top_logprobs": [{" Lyon": -0.1}],
+                "text_offset": [0],
+            }
+            reply = {"choices": [{"text": " Lyon", "finish_reason": "stop", "logprobs": logprobs}]}
+        return httpx.Response(
+            200, content=json.dumps(reply), headers={"content-type": "application/json"}
+        )
+
+    backend = OpenAICompatibleBackend(
+        "http://upstream.invalid/v1", "m", transport=httpx.MockTransport(handler)
+    )
+    generation = backend.generate("prompt")
+    assert generation.text == "Lyon" and not generation.stats.token_ids
+    with pytest.raises(ScoringUnavailable, match="not finite"):
+        backend.score("prompt", " Lyon")
+    guard = Guardrail(backend=backend, policy=PolicyRuntime.from_setting("balanced"))
+    response = guard.ask("What is the capital of France?", passages=[LYON])
+    assert response.answer == "Lyon" and response.signals["mean_logprob"] is None
+    json.dumps(response.to_dict(), allow_nan=False)
 
 
 @pytest.mark.slow

@@ -17,12 +17,18 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from guardrail.backends.openai_compat import first_line, topk_token_stats
+from guardrail.backends.openai_compat import (
+    alternatives,
+    finite_logprob,
+    first_line,
+    topk_token_stats,
+)
 from guardrail.types import TokenStats
 
 __all__ = [
     "MESSAGES_MARK",
     "chat_token_stats",
+    "content_text",
     "first_line",
     "first_line_entries",
     "messages_prompt",
@@ -47,6 +53,28 @@ def prompt_messages(prompt: str) -> list[tuple[str, str]]:
     return [(str(role), str(content)) for role, content in json.loads(prompt[len(MESSAGES_MARK) :])]
 
 
+def content_text(content: Any) -> str | None:
+    """A chat message's content as text: a string as it is; a list of content parts as its
+    text parts joined (OpenAI's ``{"type": "text", "text": ...}``, or plain strings; image,
+    audio and reasoning parts carry no answer text); None when there is no content at all
+    (``null``, as beside a tool call)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif (
+            isinstance(part, Mapping)
+            and isinstance(part.get("text"), str)
+            and part.get("type", "text") in ("text", "output_text")
+        ):
+            texts.append(part["text"])
+    return "".join(texts)
+
+
 def first_line_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The ``logprobs.content`` entries up to the first line break after some text."""
     kept: list[Mapping[str, Any]] = []
@@ -61,19 +89,26 @@ def first_line_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str
 
 
 def chat_token_stats(
-    entries: Sequence[Mapping[str, Any]],
+    entries: Any,
     id_of: Callable[[str], int],
     token_ids: Sequence[int] | None = None,
 ) -> TokenStats:
-    """``TokenStats`` of a chat reply's first line from its ``logprobs.content`` entries
-    (empty when there are none)."""
+    """``TokenStats`` of a chat reply's first line from its ``logprobs.content`` entries; empty
+    when there are none, or when one of them is malformed or its log-probability is not a
+    finite number (``null`` or an infinity): the token signals are then unavailable rather
+    than wrong, and a guard model reads the answer instead."""
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        return TokenStats.empty()
     kept = first_line_entries(entries)
-    if not kept:
+    tokens = [e.get("token") for e in kept]
+    values = [finite_logprob(e.get("logprob")) for e in kept]
+    tops = [alternatives(e.get("top_logprobs")) for e in kept]
+    if not kept or not all(isinstance(t, str) for t in tokens) or None in values or None in tops:
         return TokenStats.empty()
     return topk_token_stats(
-        [str(e.get("token", "")) for e in kept],
-        [float(e.get("logprob", 0.0)) for e in kept],
-        [{str(t["token"]): float(t["logprob"]) for t in e.get("top_logprobs") or []} for e in kept],
+        [str(t) for t in tokens],
+        [v for v in values if v is not None],
+        [t for t in tops if t is not None],
         id_of,
         list(token_ids)[: len(kept)] if token_ids is not None else None,
     )

@@ -5,7 +5,8 @@ API, vLLM, llama.cpp's server, Ollama, LiteLLM).
 The pipeline's chat prompt (a system message that declares the passages to be quoted data,
 the passages in ``<passage>`` tags and the question in the user turn) is sent as messages.
 ``logprobs: true`` with ``top_logprobs: k`` is asked for; an upstream that refuses the
-parameter (a 4xx) is asked again without it, once, and not asked for it again; an upstream
+parameter (a 400 or 422) is asked again without it, once, and not asked for it again (a 429 or
+a 5xx is a failure and changes nothing); an upstream
 that ignores it returns none. Without log-probabilities the token signals of the upstream
 are unavailable and a local guard model reads the answer instead (``guardrail.pipeline``).
 A chat route cannot teacher-force a given text, so ``score`` is never available here.
@@ -19,10 +20,16 @@ from typing import Any
 
 import httpx
 
-from guardrail.backends.chat import chat_token_stats, messages_prompt, prompt_messages
+from guardrail.backends.chat import (
+    chat_token_stats,
+    content_text,
+    messages_prompt,
+    prompt_messages,
+)
 from guardrail.backends.openai_compat import (
     OpenAIClient,
     ScoringUnavailable,
+    UpstreamRefusal,
     first_choice,
     first_line,
     prompt_token_count,
@@ -30,9 +37,14 @@ from guardrail.backends.openai_compat import (
 from guardrail.errors import BackendError
 from guardrail.types import FinishReason, Generation, TokenStats
 
+REFUSAL_STATUSES = (400, 422)
+"""The statuses with which a server rejects a request's parameters: only these make the chat
+backend ask again without log-probabilities (a 429, a 5xx or a 401 is a failure, not a
+refusal of the parameter)."""
 
-class _LogprobsRefused(BackendError):
-    """The upstream answered 4xx to a request that asked for log-probabilities."""
+
+class _LogprobsRefused(UpstreamRefusal):
+    """The upstream answered an error status to a request that asked for log-probabilities."""
 
 
 class OpenAIChatBackend(OpenAIClient):
@@ -93,21 +105,32 @@ class OpenAIChatBackend(OpenAIClient):
         }
         data = self._complete(body)
         choice = first_choice(data, self._shown_url)
-        message = choice.get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
+        content = self._answer_text(choice.get("message"))
         logprobs = choice.get("logprobs")
         entries = logprobs.get("content") if isinstance(logprobs, dict) else None
-        stats = (
-            chat_token_stats(entries, self._id) if isinstance(entries, list) else TokenStats.empty()
-        )
+        stats = chat_token_stats(entries, self._id)
         finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "eos"
         return Generation(
-            text=first_line(content if isinstance(content, str) else ""),
+            text=first_line(content),
             stats=stats,
             prompt_tokens=prompt_token_count(data),
             finish_reason=finish,
             seconds=time.perf_counter() - start,
         )
+
+    def _answer_text(self, message: Any) -> str:
+        """The reply message's text: its content, or its content parts' text joined. No
+        content (``null``, or a ``refusal`` in its place) is an empty answer, decided as the
+        model saying nothing; a tool call instead of text is a ``BackendError``."""
+        if not isinstance(message, dict):
+            raise BackendError(f"the model server at {self._shown_url} returned no message")
+        text = content_text(message.get("content"))
+        if text is None and message.get("tool_calls"):
+            raise BackendError(
+                f"the model server at {self._shown_url} answered with a tool call instead of "
+                "text; guardrail judges text answers (ask the upstream without tools)"
+            )
+        return text or ""
 
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         if not self._ask_logprobs:
@@ -119,6 +142,10 @@ class OpenAIChatBackend(OpenAIClient):
                 refused=_LogprobsRefused,
             )
         except _LogprobsRefused as exc:
+            if exc.status not in REFUSAL_STATUSES:
+                # A failure (overloaded, rate-limited, unauthorised, ...), not a refusal of
+                # the parameter: logprobs stay asked for.
+                raise BackendError(str(exc)) from exc
             if self.logprobs:  # asked for explicitly: the refusal is the answer
                 raise BackendError(str(exc)) from exc
         # The upstream refused the request with logprobs: ask without, and from now on.

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from guardrail.cancel import checkpoint
-from guardrail.errors import BackendError
+from guardrail.errors import BackendError, ConfigError
 from guardrail.redact import without_credentials
 from guardrail.text import valid_unicode
 from guardrail.types import FinishReason, Generation, TokenStats
@@ -81,6 +81,39 @@ def topk_token_stats(
     )
 
 
+def finite_logprob(value: Any) -> float | None:
+    """A log-probability from a server's reply as a finite float, or None when it is not one
+    (``null``, text, ``-Infinity``, ``NaN``: some servers write an impossible token's
+    log-probability as ``null`` or as an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def alternatives(tops: Any) -> dict[str, float] | None:
+    """A token's top-k alternatives as ``{text: logprob}``, from OpenAI's chat shape (a list of
+    ``{"token", "logprob"}``) or the completions shape (a ``{text: logprob}`` mapping); an
+    alternative without a finite log-probability is left out (it carries no weight), and a
+    reply of neither shape gives None."""
+    if tops is None:
+        return {}
+    if isinstance(tops, dict):
+        pairs = list(tops.items())
+    elif isinstance(tops, list) and all(isinstance(t, dict) for t in tops):
+        pairs = [(t.get("token"), t.get("logprob")) for t in tops]
+    else:
+        return None
+    kept: dict[str, float] = {}
+    for token, logprob in pairs:
+        if not isinstance(token, str):
+            return None
+        value = finite_logprob(logprob)
+        if value is not None:
+            kept[token] = value
+    return kept
+
+
 def first_line(text: str) -> str:
     """The first non-empty line of ``text``, stripped (the answer the pipeline judges)."""
     for line in text.strip().split("\n"):
@@ -90,8 +123,10 @@ def first_line(text: str) -> str:
 
 
 def prompt_token_count(data: dict[str, Any]) -> int:
-    usage = data.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+    """The reply's ``usage.prompt_tokens``, or 0 when it gives no count."""
+    usage = data.get("usage")
+    count = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 def first_choice(data: dict[str, Any], shown_url: str) -> dict[str, Any]:
@@ -101,6 +136,55 @@ def first_choice(data: dict[str, Any], shown_url: str) -> dict[str, Any]:
         raise BackendError(f"the model server at {shown_url} returned no choices")
     choice: dict[str, Any] = choices[0]
     return choice
+
+
+class UpstreamRefusal(BackendError):
+    """The upstream answered a request with an error status (``status``)."""
+
+    status: int = 0
+
+
+def _header_safe_key(api_key: str | None, shown_url: str) -> str | None:
+    """The API key without surrounding whitespace (a key read from a file often ends in a
+    newline); a ``ConfigError`` that does not show it when it holds other characters an HTTP
+    header cannot carry."""
+    if api_key is None:
+        return None
+    key = api_key.strip()
+    if any(not " " <= ch <= "~" for ch in key):
+        raise ConfigError(
+            f"the API key for {shown_url} holds a control or non-ASCII character (an HTTP "
+            "header cannot carry it); check how the setting upstream_api_key is written"
+        )
+    return key or None
+
+
+def _completion_logprobs(
+    logprobs: Any,
+) -> tuple[list[str], list[float], list[dict[str, float]]] | None:
+    """A completion's tokens, their log-probabilities and top-k alternatives, or None when the
+    reply has none or any of them is malformed or not finite (its token signals are then
+    unavailable rather than wrong)."""
+    if not isinstance(logprobs, dict):
+        return None
+    tokens = logprobs.get("tokens")
+    raw_values = logprobs.get("token_logprobs")
+    raw_tops = logprobs.get("top_logprobs")
+    if not isinstance(tokens, list) or not tokens or not isinstance(raw_values, list):
+        return None
+    if raw_tops is None:
+        raw_tops = [None] * len(tokens)
+    if not isinstance(raw_tops, list) or not len(tokens) == len(raw_values) == len(raw_tops):
+        return None
+    values = [finite_logprob(v) for v in raw_values]
+    tops = [alternatives(t) for t in raw_tops]
+    if not all(isinstance(t, str) for t in tokens) or None in values or None in tops:
+        return None
+    return (
+        tokens,
+        [v for v in values if v is not None],
+        [t for t in tops if t is not None],
+    )
 
 
 class OpenAIClient:
@@ -122,7 +206,8 @@ class OpenAIClient:
         self._shown_url = without_credentials(self.base_url)
         self.name = model
         self.top_logprobs = top_logprobs
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._api_key = _header_safe_key(api_key, self._shown_url)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._client = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout_seconds, transport=transport
         )
@@ -138,32 +223,46 @@ class OpenAIClient:
                 self._pieces.append(piece)
             return self._vocab[piece]
 
+    def _redacted(self, text: str) -> str:
+        """``text`` without the API key (a transport error can quote the header it refused)."""
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
     def _post(
         self, path: str, body: dict[str, Any], refused: type[BackendError] = BackendError
     ) -> dict[str, Any]:
-        """POST ``body``; a 4xx/5xx answer raises ``refused`` with the server's message."""
+        """POST ``body``; a 4xx/5xx answer raises ``refused`` with the server's message and
+        the status (``UpstreamRefusal.status``, when ``refused`` is one)."""
         checkpoint()  # a cancelled request does not call the upstream
         try:
             response = self._client.post(path, json=body)
         except httpx.HTTPError as exc:
             raise BackendError(
-                f"the model server at {self._shown_url} is unreachable: {exc}"
+                f"the model server at {self._shown_url} is unreachable: "
+                + self._redacted(str(exc) or type(exc).__name__)
             ) from exc
         if response.status_code >= 400:
             try:
-                detail = str(response.json()["error"]["message"])[:200]
+                detail = self._redacted(str(response.json()["error"]["message"]))[:200]
             except (ValueError, KeyError, TypeError):
                 detail = "no error message"
-            raise refused(
+            error = refused(
                 f"the model server at {self._shown_url} answered {response.status_code}: {detail}"
             )
+            if isinstance(error, UpstreamRefusal):
+                error.status = response.status_code
+            raise error
         try:
             # Text from elsewhere: unpaired surrogates would break every store and log.
-            data: dict[str, Any] = valid_unicode(response.json())
+            data = valid_unicode(response.json())
         except ValueError as exc:
             raise BackendError(
                 f"the model server at {self._shown_url} answered with something not JSON"
             ) from exc
+        if not isinstance(data, dict):
+            raise BackendError(
+                f"the model server at {self._shown_url} answered with JSON that is not an "
+                f"object ({type(data).__name__}); an OpenAI-compatible reply is one"
+            )
         return data
 
     def close(self) -> None:
@@ -204,14 +303,11 @@ class OpenAICompatibleBackend(OpenAIClient):
             },
         )
         choice = first_choice(data, self._shown_url)
-        logprobs = choice.get("logprobs") or {}
-        tokens = list(logprobs.get("tokens") or [])
-        values = [float(v) for v in logprobs.get("token_logprobs") or []]
-        tops = [t or {} for t in logprobs.get("top_logprobs") or [{}] * len(tokens)]
         finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "newline"
-        if not tokens or len(values) != len(tokens) or len(tops) != len(tokens):
-            # A server without log-probabilities: the answer is still judged, on the signals
-            # that do not need the generator's tokens.
+        read = _completion_logprobs(choice.get("logprobs"))
+        if read is None:
+            # A server without (usable) log-probabilities: the answer is still judged, on the
+            # signals that do not need the generator's tokens.
             return Generation(
                 text=first_line(str(choice.get("text") or "")),
                 stats=TokenStats.empty(),
@@ -219,6 +315,7 @@ class OpenAICompatibleBackend(OpenAIClient):
                 finish_reason=finish,
                 seconds=time.perf_counter() - start,
             )
+        tokens, values, tops = read
         # The answer is the text up to the first newline, as the few-shot prompt expects.
         keep = len(tokens)
         for i, piece in enumerate(tokens):
@@ -257,7 +354,8 @@ class OpenAICompatibleBackend(OpenAIClient):
             },
             refused=ScoringUnavailable,
         )
-        logprobs = data["choices"][0].get("logprobs") or {}
+        logprobs = first_choice(data, self._shown_url).get("logprobs")
+        logprobs = logprobs if isinstance(logprobs, dict) else {}
         offsets = logprobs.get("text_offset") or []
         tokens = logprobs.get("tokens") or []
         values = logprobs.get("token_logprobs") or []
@@ -267,11 +365,18 @@ class OpenAICompatibleBackend(OpenAIClient):
                 f"the model server at {self._shown_url} returned no prompt log-probabilities "
                 "for echo"
             )
+        if not all(isinstance(x, list) for x in (offsets, tokens, values, tops)) or not (
+            len(offsets) == len(tokens) == len(values) == len(tops)
+        ):
+            raise ScoringUnavailable(
+                f"the model server at {self._shown_url} returned echo log-probabilities of "
+                "mismatched lengths or shapes"
+            )
         end = len(prompt) + len(text)
         picked = [
             i
             for i, offset in enumerate(offsets)
-            if offset >= len(prompt) and offset < end and values[i] is not None
+            if isinstance(offset, int) and len(prompt) <= offset < end and values[i] is not None
         ]
         expected = None if isinstance(continuation, str) else len(continuation)
         if expected is not None and len(picked) != expected:
@@ -281,11 +386,21 @@ class OpenAICompatibleBackend(OpenAIClient):
                 f"the model server re-tokenised the answer into {len(picked)} tokens, "
                 f"not the {expected} it generated"
             )
-        return self._stats(
-            [tokens[i] for i in picked],
-            [float(values[i]) for i in picked],
-            [tops[i] or {} for i in picked],
+        if not picked:
+            return TokenStats.empty()
+        read = _completion_logprobs(
+            {
+                "tokens": [tokens[i] for i in picked],
+                "token_logprobs": [values[i] for i in picked],
+                "top_logprobs": [tops[i] for i in picked],
+            }
         )
+        if read is None:
+            raise ScoringUnavailable(
+                f"the model server at {self._shown_url} returned answer log-probabilities "
+                "that are malformed or not finite"
+            )
+        return self._stats(*read)
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """Not used: proxy mode prompts with plain few-shot text."""
