@@ -3,7 +3,8 @@
 Flags are facts about one answer that policies can name:
 
 - ``model_abstained``: the model's own answer is an abstention ("unanswerable", "I don't
-  know", an empty line). That is an outcome, not an answer: token signals read it as high
+  know", an empty line, or a sentence that declines: "The passages do not mention ...").
+  That is an outcome, not an answer: token signals read it as high
   confidence whether or not the documents hold the answer, so it is never scored as one.
 - ``knowledge_conflict``: the passages pull the model away from what it would say without
   them. It fires on Confidence Gain (mean ``CG_t`` below ``cg_threshold``: the passages made
@@ -29,6 +30,7 @@ occur in any passage, and 0 for an abstention.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -55,10 +57,56 @@ _ABSTENTIONS = frozenset(
 )
 
 
+# How chat models decline in a sentence instead of the one word their prompt asks for ("The
+# provided passages do not mention ...", "I cannot determine this from the context."). Written
+# from the shapes such refusals take, on SQuAD-normalised text (lower case, no punctuation, no
+# articles), and anchored at the start of the answer, where a refusal says what it is; an
+# answer that merely contains "not" does not match.
+_SOURCE = (
+    r"(?:provided |given |retrieved |supplied |above |these |this |those )?"
+    r"(?:passages?|documents?|context|texts?|sources?|excerpts?|articles?|information)"
+    r"(?: (?:provided|given|above))?"
+)
+_SAYS = (
+    r"(?:mention|say|state|specify|contain|include|provide|give|answer|discuss|address|cover|"
+    r"indicate|describe|tell|reveal|have|offer|list|name|identify|explain|show)"
+)
+_SUBJECT = (
+    r"(?:(?:this|that|such|requested|specific|exact) )?"
+    r"(?:(?:information|answer|question|details?|date|it|this|that) )?"
+)
+_ABSTENTION_PATTERNS = re.compile(
+    r"^(?:(?:im |i am )?sorry (?:but )?|unfortunately "
+    rf"|based on {_SOURCE} |according to {_SOURCE} )?(?:"
+    rf"{_SOURCE} (?:do|does|did) not {_SAYS}\b"
+    rf"|{_SOURCE} (?:dont|doesnt|didnt) {_SAYS}\b"
+    rf"|{_SOURCE} (?:has|have|contains?|includes?|provides?|gives?) no\b"
+    r"|there (?:is|are) no (?:information|mention|answer|data|indication|reference|details?)\b"
+    rf"|{_SUBJECT}(?:is |was |are )?not "
+    r"(?:mentioned|stated|specified|given|provided|found|available|addressed|covered|included|"
+    r"discussed|answerable|known|clear|possible to (?:determine|answer|tell|say)"
+    rf"|in {_SOURCE})\b"
+    rf"|{_SUBJECT}(?:cannot|can not|cant|could not) be "
+    r"(?:determined|answered|found|known|inferred|established|identified|confirmed)\b"
+    r"|i (?:cannot|can not|cant|could not|couldnt|am unable to|m unable to|am not able to) "
+    r"(?:answer|determine|find|tell|say|provide|know|identify|confirm|locate)\b"
+    r"|i (?:do not|dont) (?:know|have (?:enough |any |that |this )?information)\b"
+    r"|(?:insufficient|not enough|no) (?:information|data|context|details?)\b"
+    r"|no (?:answer|mention)\b"
+    r")"
+)
+
+
 def is_abstention(answer: str) -> bool:
-    """Whether the model's answer says it has no answer."""
+    """Whether the model's answer says it has no answer: one of the short forms
+    ("unanswerable", "I don't know", an empty line) or a sentence that declines ("The
+    passages do not mention ...", "This cannot be determined from the context.")."""
     normalized = normalize_answer(answer)
-    return normalized in _ABSTENTIONS or normalized.startswith("unanswerable")
+    return (
+        normalized in _ABSTENTIONS
+        or normalized.startswith("unanswerable")
+        or _ABSTENTION_PATTERNS.match(normalized) is not None
+    )
 
 
 @dataclass(frozen=True)

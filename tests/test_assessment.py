@@ -40,6 +40,27 @@ from guardrail.assessment import (
         ("The unknown soldier", False),
         ("I know", False),
         ("answerable", False),
+        # Chat models decline in a sentence rather than the one word their prompt asks for.
+        ("The passages do not mention when the war ended.", True),
+        ("The provided context doesn't specify the date.", True),
+        ("There is no information about this in the documents.", True),
+        ("This information is not provided in the passages.", True),
+        ("The answer is not in the passages.", True),
+        ("It cannot be determined from the given text.", True),
+        ("I'm sorry, but I couldn't find that in the documents.", True),
+        ("Based on the passages, I cannot determine the year.", True),
+        ("I don't have enough information to answer.", True),
+        ("Unfortunately, the passage does not provide the answer.", True),
+        ("Not specified.", True),
+        # Answers that merely contain a negation, or those words, are answers.
+        ("Not until 1990", False),
+        ("It is not Paris but Lyon", False),
+        ("There is no king; it is a republic", False),
+        ("The text was written in 1850", False),
+        ("Based on the passages, Paris.", False),
+        ("Documents signed in 1648", False),
+        ("No one", False),
+        ("I cannot stress enough: Paris", False),
     ],
 )
 def test_is_abstention(answer: str, expected: bool) -> None:
