@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class ChatServer:
         refuse_logprobs: bool = False,
         choices: bool = True,
         entries: Any = None,
-        failures: Sequence[int] = (),
+        failures: Mapping[int, int] | None = None,
         message: Any = None,
     ) -> None:
         self.reply = reply
@@ -56,7 +56,7 @@ class ChatServer:
         self.refuse_logprobs = refuse_logprobs
         self.choices = choices
         self.entries = entries  # logprobs.content exactly as given, when not None
-        self.failures = list(failures)  # error statuses for the first requests, in order
+        self.failures = dict(failures or {})  # request number (from 0) -> error status
         self.message = message  # the reply's message exactly as given, when not None
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[httpx.Headers] = []
@@ -66,9 +66,9 @@ class ChatServer:
         body = json.loads(request.content)
         self.bodies.append(body)
         self.headers.append(request.headers)
-        if self.failures:
+        if len(self.bodies) - 1 in self.failures:
             return httpx.Response(
-                self.failures.pop(0), json={"error": {"message": "try again later"}}
+                self.failures[len(self.bodies) - 1], json={"error": {"message": "try again later"}}
             )
         if body.get("logprobs") and self.refuse_logprobs:
             return httpx.Response(
@@ -192,7 +192,7 @@ def test_a_failing_upstream_is_an_error_and_logprobs_stay_asked_for() -> None:
     """A 503 or 429 is a failure, not a refusal of the parameter: it is not retried without
     logprobs, and the next request asks for them again."""
     for status in (503, 429, 401):
-        server = ChatServer("Lyon", [(" Lyon", -0.1)], failures=[status])
+        server = ChatServer("Lyon", [(" Lyon", -0.1)], failures={0: status})
         backend = server.backend()
         with pytest.raises(BackendError, match=f"answered {status}: try again later"):
             backend.generate("Which city?")
@@ -200,7 +200,7 @@ def test_a_failing_upstream_is_an_error_and_logprobs_stay_asked_for() -> None:
         assert backend.generate("Which city?").stats.logprobs == pytest.approx((-0.1,))
         assert ["logprobs" in b for b in server.bodies] == [True, True]
     # A 422 rejects the parameters, as a 400 does: asked again without, and from then on.
-    server = ChatServer("Lyon", [(" Lyon", -0.1)], failures=[422])
+    server = ChatServer("Lyon", [(" Lyon", -0.1)], failures={0: 422})
     backend = server.backend()
     assert backend.generate("Which city?").text == "Lyon" and not backend.asks_logprobs
 
@@ -337,16 +337,9 @@ def test_an_upstream_failing_on_the_conflict_caveat_keeps_the_decision() -> None
         parametric=[peaked(vocab, "Paris", 0.99)],  # sure of another answer without them
         name="guard",
     )
-    server = ChatServer("Lyon", [("Lyon", -0.01)])  # sure of its answer
-
-    def once(request: httpx.Request) -> httpx.Response:
-        if server.bodies:
-            server.bodies.append(json.loads(request.content))
-            return httpx.Response(503, json={"error": {"message": "overloaded"}})
-        return server(request)
-
-    backend = OpenAIChatBackend("http://u.invalid/v1", "m", transport=httpx.MockTransport(once))
-    pipeline = Guardrail(backend=backend, policy=balanced(), guard=guard)
+    # Sure of its answer; the second request (the extra question) fails.
+    server = ChatServer("Lyon", [("Lyon", -0.01)], failures={1: 503})
+    pipeline = Guardrail(backend=server.backend(), policy=balanced(), guard=guard)
     response = pipeline.ask("What is the capital of France?", passages=[LYON])
     assert "knowledge_conflict" in response.flags
     assert len(server.bodies) == 2  # the extra question was asked, and failed

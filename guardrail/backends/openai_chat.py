@@ -6,9 +6,9 @@ The pipeline's chat prompt (a system message that declares the passages to be qu
 the passages in ``<passage>`` tags and the question in the user turn) is sent as messages.
 ``logprobs: true`` with ``top_logprobs: k`` is asked for; an upstream that refuses the
 parameter (a 400 or 422) is asked again without it, once, and not asked for it again (a 429 or
-a 5xx is a failure and changes nothing); an upstream
-that ignores it returns none. Without log-probabilities the token signals of the upstream
-are unavailable and a local guard model reads the answer instead (``guardrail.pipeline``).
+a 5xx is a failure and changes nothing); an upstream that ignores it returns none. Without
+log-probabilities the token signals of the upstream are unavailable and a local guard model
+reads the answer instead (``guardrail.pipeline``).
 A chat route cannot teacher-force a given text, so ``score`` is never available here.
 """
 
@@ -41,10 +41,6 @@ REFUSAL_STATUSES = (400, 422)
 """The statuses with which a server rejects a request's parameters: only these make the chat
 backend ask again without log-probabilities (a 429, a 5xx or a 401 is a failure, not a
 refusal of the parameter)."""
-
-
-class _LogprobsRefused(UpstreamRefusal):
-    """The upstream answered an error status to a request that asked for log-probabilities."""
 
 
 class OpenAIChatBackend(OpenAIClient):
@@ -139,14 +135,12 @@ class OpenAIChatBackend(OpenAIClient):
             return self._post(
                 "/chat/completions",
                 {**body, "logprobs": True, "top_logprobs": self.top_logprobs},
-                refused=_LogprobsRefused,
+                refused=UpstreamRefusal,
             )
-        except _LogprobsRefused as exc:
-            if exc.status not in REFUSAL_STATUSES:
-                # A failure (overloaded, rate-limited, unauthorised, ...), not a refusal of
-                # the parameter: logprobs stay asked for.
-                raise BackendError(str(exc)) from exc
-            if self.logprobs:  # asked for explicitly: the refusal is the answer
+        except UpstreamRefusal as exc:
+            # A failure (overloaded, rate-limited, unauthorised, ...) is not a refusal of the
+            # parameter, and logprobs asked for explicitly make the refusal the answer.
+            if exc.status not in REFUSAL_STATUSES or self.logprobs:
                 raise BackendError(str(exc)) from exc
         # The upstream refused the request with logprobs: ask without, and from now on.
         data = self._post("/chat/completions", body)
